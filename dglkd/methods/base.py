@@ -122,6 +122,18 @@ class DistillMethod(nn.Module):
         """Names of the (student, teacher) hidden features this method reads."""
         return [], []
 
+    def pretrain_epochs(self) -> int:
+        """Epochs of a first stage that trains the method's own modules on the teacher alone
+        (MHGD); 0 for methods without one. The engine runs that stage before distilling."""
+        return 0
+
+    def pretrain_terms(self, teacher: Knowledge, index: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms of the first stage, from the teacher's knowledge of one batch."""
+        raise NotImplementedError(f"{self.name} has no pretraining stage")
+
+    def end_pretraining(self) -> None:
+        """Called once after the first stage (e.g. to freeze the modules it trained)."""
+
     # -- shared behaviour ----------------------------------------------------------
     def weight(self, term: str) -> float:
         return float(getattr(self.params, f"{term}_weight", 1.0))
