@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import pydantic
 from torch import Tensor, nn
@@ -51,7 +51,7 @@ class DistillBatch:
     """
 
     student: Knowledge
-    teacher: Knowledge
+    teacher: Knowledge | None
     labels: Tensor | None = None
     label_mask: Tensor | None = None
     distill_mask: Tensor | None = None
@@ -84,10 +84,14 @@ class MethodContext:
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     instance_labels: Tensor | None = None
+    probe: Callable[[str, str], tuple[int, ...]] | None = None
 
     def shape(self, side: str, name: str) -> tuple[int, ...]:
-        """Per-instance shape of a named feature of the ``student`` or ``teacher``."""
+        """Per-instance shape of a named feature of the ``student`` or ``teacher``
+        (found by ``probe(side, name)``, a forward pass, when not given up front)."""
         shapes = self.student_shapes if side == "student" else self.teacher_shapes
+        if name not in shapes and self.probe is not None:
+            shapes[name] = tuple(self.probe(side, name))
         if name not in shapes:
             raise DglkdError(f"{side} feature {name!r} unknown; available: {sorted(shapes)}")
         return shapes[name]
@@ -108,6 +112,7 @@ class DistillMethod(nn.Module):
 
     Params: ClassVar[type[MethodParams]] = MethodParams
     name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__()
@@ -141,7 +146,7 @@ class DistillMethod(nn.Module):
     def forward(
         self,
         student: Knowledge,
-        teacher: Knowledge,
+        teacher: Knowledge | None = None,
         *,
         labels: Tensor | None = None,
         label_mask: Tensor | None = None,
@@ -149,9 +154,10 @@ class DistillMethod(nn.Module):
         graph: Any = None,
         index: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        batch = DistillBatch(
-            student, teacher.detach(), labels, label_mask, distill_mask, graph, index
-        )
+        if teacher is None and self.needs_teacher:
+            raise DglkdError(f"method {self.name!r} needs the teacher's knowledge")
+        teacher = teacher.detach() if teacher is not None else None
+        batch = DistillBatch(student, teacher, labels, label_mask, distill_mask, graph, index)
         return {name: self.weight(name) * value for name, value in self.loss_terms(batch).items()}
 
     def formula(self) -> str:

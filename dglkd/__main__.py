@@ -1,0 +1,5 @@
+import sys
+
+from dglkd.cli import main
+
+sys.exit(main())

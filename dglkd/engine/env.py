@@ -1,0 +1,55 @@
+"""Seeds and the environment record written beside every run."""
+from __future__ import annotations
+
+import platform
+import random
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from dglkd.errors import DglkdError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed random, numpy, torch and dgl."""
+    import dgl
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    dgl.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DglkdError(f"device: {name!r} asked for, but this torch/DGL build has no CUDA; "
+                         "use device=cpu")
+    return device
+
+
+def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:
+    import dgl
+
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__,
+                "dgl": dgl.__version__, "numpy": np.__version__}
+    for name in ("ogb", "pydantic", "sklearn"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return {"versions": versions, "device": str(device), "seeds": seeds,
+            "platform": platform.platform(), "threads": torch.get_num_threads()}
