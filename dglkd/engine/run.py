@@ -68,7 +68,11 @@ class Experiment:
         if method.pretrain_epochs():
             self.backend.pretrain(method, teacher, self.run_dir, phase_name)
         phase = self.backend.phase(phase_name, model, method, teacher, train_cfg, hparams)
-        return fit(phase, self.run_dir, self.tb_dir(phase_name), self.config.log.progress)
+        result = fit(phase, self.run_dir, self.tb_dir(phase_name), self.config.log.progress)
+        self.say(f"  {phase_name}: best val {result.best['val_acc']:.4f} at epoch "
+                 f"{result.best_epoch} → test {result.best['test_acc']:.4f} "
+                 f"(last epoch test {result.last['test_acc']:.4f})")
+        return result
 
     def teacher(self, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         """The trained teacher of this seed: from the cache when its key matches."""

@@ -1,6 +1,7 @@
 """TensorBoard logging and progress bars for one training phase."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,5 +46,8 @@ class PhaseLog:
 
 
 def progress(iterable, enabled: bool, desc: str, total: int | None = None, initial: int = 0):
-    return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not enabled,
+    """A progress bar on a terminal; nothing in logs and pipes (the engine prints a summary
+    line per phase instead)."""
+    shown = enabled and sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not shown,
                 leave=False, dynamic_ncols=True)

@@ -139,6 +139,11 @@ class DistillMethod(nn.Module):
     def end_pretraining(self) -> None:
         """Called once after the first stage (e.g. to freeze the modules it trained)."""
 
+    def embeddings(self, batch: DistillBatch) -> dict[str, Tensor]:
+        """Named per-instance embeddings worth a look in TensorBoard's projector (HKD's
+        holistic embeddings, say); empty for methods without any."""
+        return {}
+
     # -- shared behaviour ----------------------------------------------------------
     def weight(self, term: str) -> float:
         return float(getattr(self.params, f"{term}_weight", 1.0))
