@@ -12,6 +12,8 @@ import os
 
 # DGL asks for a backend on first import and writes a config file otherwise.
 os.environ.setdefault("DGLBACKEND", "pytorch")
+# ogb (imported by DGL) asks PyPI for a newer version on import; that hangs or warns offline.
+os.environ.setdefault("OUTDATED_IGNORE", "1")
 
 from dglkd.errors import DglkdError  # noqa: E402
 from dglkd.methods import (  # noqa: E402

@@ -62,10 +62,13 @@ def write_tiny_ogb(
     labels = np.arange(num_nodes) % num_classes
     feat = rng.normal(size=(num_nodes, num_features)).astype(np.float32)
     feat[np.arange(num_nodes), labels] += 3.0  # learnable, not that it matters here
-    # A directed ring plus chords: connected, no self loops, no reverse duplicates.
+    # Rings through the nodes of each class plus chords within a class: homophilous (as
+    # citation graphs are), so a GCN learns it; no self loops, no reverse duplicates.
     src = np.arange(num_nodes)
+    step = num_classes if num_nodes % num_classes == 0 else 1
     edges = np.concatenate(
-        [np.stack([src, (src + 1) % num_nodes], 1), np.stack([src[::3], (src[::3] + 7) % num_nodes], 1)]
+        [np.stack([src, (src + step) % num_nodes], 1),
+         np.stack([src[::3], (src[::3] + 3 * step) % num_nodes], 1)]
     )
     perm = rng.permutation(num_nodes)
     n_train, n_val = num_nodes // 2, num_nodes // 4

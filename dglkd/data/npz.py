@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from dglkd.data.splits import largest_connected_component, per_class_split
-from dglkd.data.task import GraphTask, masks_from_indices
+from dglkd.data.splits import largest_connected_component, resplit_per_class
+from dglkd.data.task import GraphTask
 from dglkd.errors import DglkdError
 
 SPLITS = ("per_class",)
@@ -91,8 +91,7 @@ def load_npz(
     num_nodes_file = n
     if lcc:
         graph = dgl.node_subgraph(graph, largest_connected_component(graph), store_ids=False)
-    idx = per_class_split(graph.ndata["label"], train_per_class, val_per_class, seed)
-    graph.ndata.update(masks_from_indices(graph.num_nodes(), **idx))
     name = os.path.splitext(os.path.basename(path))[0]
-    info = {"source": path, "lcc": lcc, "num_nodes_in_file": num_nodes_file, "split_seed": seed}
-    return GraphTask(name=name, graph=graph, num_classes=int(labels.max()) + 1, info=info)
+    info = {"source": path, "lcc": lcc, "num_nodes_in_file": num_nodes_file}
+    task = GraphTask(name=name, graph=graph, num_classes=int(labels.max()) + 1, info=info)
+    return resplit_per_class(task, train_per_class, val_per_class, seed)

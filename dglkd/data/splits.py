@@ -10,7 +10,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
-from dglkd.data.task import GraphTask
+from dglkd.data.task import GraphTask, masks_from_indices
 from dglkd.errors import DglkdError
 
 
@@ -83,3 +83,12 @@ def make_inductive(task: GraphTask, hidden_test_share: float = 0.2, seed: int = 
     graph.ndata["test_mask"] = hidden_mask
     info = dict(task.info, setting="inductive", hidden_test_share=hidden_test_share, split_seed=seed)
     return dataclasses.replace(task, graph=graph, observed_mask=~hidden_mask, info=info)
+
+
+def resplit_per_class(task: GraphTask, train_per_class: int, val_per_class: int,
+                      seed: int) -> GraphTask:
+    """The same task with a seeded per-class random split in place of its own masks."""
+    graph = task.graph.clone()
+    idx = per_class_split(graph.ndata["label"], train_per_class, val_per_class, seed)
+    graph.ndata.update(masks_from_indices(graph.num_nodes(), **idx))
+    return dataclasses.replace(task, graph=graph, info={**task.info, "split_seed": seed})

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv from the lock file (once) and install dglkd into it in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ] || [ requirements.lock -nt .venv/.installed ]; then
+    echo "setting up .venv from requirements.lock (torch 2.2.1 + dgl 2.1.0; a few minutes the first time)"
+    "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade "pip<25"
+    .venv/bin/python -m pip install --quiet -r requirements.lock
+    touch .venv/.installed
+fi
+.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -1,0 +1,75 @@
+"""Shared fixtures: small real-data configs and a way to run the CLI in-process."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+# ogb checks PyPI for a newer version on import; tests never touch the network.
+os.environ.setdefault("OUTDATED_IGNORE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def planetoid_root(tmp_path_factory) -> str:
+    """One processed copy of the bundled Planetoid files for the whole session."""
+    return str(tmp_path_factory.mktemp("planetoid"))
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(tmp_path_factory) -> str:
+    """A teacher cache shared by the tests whose teachers are identical."""
+    return str(tmp_path_factory.mktemp("teacher_cache"))
+
+
+def small_cora_config(planetoid_root: str, teacher_cache: str) -> dict:
+    """GCN → MLP with GLNN on the real Cora, sized to train in a few seconds."""
+    return {
+        "name": "small_cora",
+        "cache_dir": teacher_cache,
+        "seed": 0,
+        "n_runs": 1,
+        "data": {"name": "cora", "root": planetoid_root},
+        "teacher": {"model": "gcn", "hidden": 32, "layers": 2, "dropout": 0.5},
+        "teacher_train": {"epochs": 60, "lr": 0.01, "checkpoint_every": 10},
+        "student": {"model": "mlp", "hidden": 64, "layers": 2, "dropout": 0.5},
+        "method": {"name": "glnn", "lam": 0.0},
+        "train": {"epochs": 80, "lr": 0.01, "checkpoint_every": 10},
+        "log": {"progress": False},
+    }
+
+
+@pytest.fixture
+def small_cora(planetoid_root, teacher_cache) -> dict:
+    return small_cora_config(planetoid_root, teacher_cache)
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(raw: dict, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """Run ``dglkd`` in-process; returns (exit code, stdout, stderr)."""
+    from dglkd.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cli():
+    return run_cli
