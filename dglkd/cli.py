@@ -1,4 +1,4 @@
-"""The ``dglkd`` command: train-teacher, distill, evaluate."""
+"""The ``dglkd`` command: train-teacher, distill, compare, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -26,14 +26,22 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("train-teacher", "train (and cache) the teacher of a config")
     with_config("distill", "distill: teacher (cached), student alone, distilled student")
+    compare = with_config("compare", "several methods on one dataset, same teacher and seeds")
+    compare.add_argument("--methods", required=True,
+                         help="comma-separated labels of the config's compare section or "
+                              "method names, e.g. ce,kd,lsp,hkd")
     evaluate = commands.add_parser("evaluate", help="re-evaluate the saved models of a run")
     evaluate.add_argument("run_dir")
     return parser
 
 
+def _method_labels(args: argparse.Namespace) -> list[str]:
+    return [m.strip() for m in getattr(args, "methods", "").split(",") if m.strip()]
+
+
 def _experiment(args: argparse.Namespace):
     from dglkd.config import load_config
-    from dglkd.engine.run import Experiment
+    from dglkd.engine.run import Experiment, method_variants
 
     if args.resume:
         if args.overrides:
@@ -41,7 +49,10 @@ def _experiment(args: argparse.Namespace):
         return Experiment.resume(args.resume)
     if not args.config:
         raise DglkdError(f"{args.command}: give a CONFIG file or --resume RUN_DIR")
-    return Experiment.create(load_config(args.config, args.overrides), args.out)
+    config = load_config(args.config, args.overrides)
+    if args.command == "compare":
+        method_variants(config, _method_labels(args))
+    return Experiment.create(config, args.out)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +65,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     experiment = _experiment(args)
     if args.command == "train-teacher":
         experiment.train_teachers()
+    elif args.command == "compare":
+        experiment.compare(_method_labels(args))
     else:
         experiment.distill()
     return 0

@@ -16,7 +16,7 @@ import yaml
 
 from dglkd.errors import DglkdError, describe_validation_error
 from dglkd.methods.base import parse_params
-from dglkd.models import build_model, model_options  # noqa: F401  (registers models)
+from dglkd.models import model_options
 from dglkd.models.registry import MODELS
 
 
@@ -115,6 +115,7 @@ class Config(Strict):
     train: TrainConfig = TrainConfig()
     teacher_train: TrainConfig = TrainConfig()
     baseline: bool = True
+    compare: dict[str, MethodConfig] = {}
     cache_dir: Optional[str] = None
     log: LogConfig = LogConfig()
 
@@ -143,6 +144,8 @@ def _check_names(config: Config) -> None:
                 raise DglkdError(f"{side}.{option}: unknown option for model {spec.model!r}; "
                                  f"allowed: model, {', '.join(allowed)}")
     parse_params(config.method.name, config.method.params())
+    for label, variant in config.compare.items():
+        parse_params(variant.name, variant.params(), key=f"compare.{label}")
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -41,6 +41,9 @@ class Phase:
     evaluate: Callable[[], dict[str, float]]
     generator: torch.Generator | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
+    # Called once when training ends, with the best weights loaded, and given the phase's
+    # TensorBoard folder (None without TensorBoard): e.g. to write projector embeddings.
+    on_end: Callable[[Path | None], None] | None = None
 
 
 @dataclass
@@ -130,6 +133,8 @@ def fit(phase: Phase, run_dir: Path, log_dir: Path | None, show_progress: bool) 
     save_torch(best_state, model_file)
     for key, module in phase.modules.items():
         module.load_state_dict(best_state[key])
+    if phase.on_end is not None:
+        phase.on_end(log_dir)
     result = PhaseResult(best["epoch"], best, {k: last[k] for k in metrics}, history)
     log.hparams(phase.hparams, {"best_val_acc": best["val_acc"], "test_acc": best["test_acc"],
                                 "test_acc_last": last["test_acc"]})

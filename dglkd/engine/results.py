@@ -33,22 +33,27 @@ def _pct(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def _row(title: str, row: dict[str, Any]) -> str:
+    return (f"| {title} | {row['model']} | {row['params']:,} | "
+            f"{_pct(row['val_acc'], row['val_acc_std'])} | "
+            f"{_pct(row['test_acc'], row['test_acc_std'])} | "
+            f"{_pct(row['test_acc_last'], row['test_acc_last_std'])} |")
+
+
+TABLE_HEAD = ["| {first} | model | params | val acc | test acc (best val) | test acc (last epoch) |",
+              "|---|---|---:|---:|---:|---:|"]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# {results['name']}", "",
              f"dataset `{results['dataset']}`, method `{results['method']}` "
              f"(`{results['formula']}`), {results['n_runs']} seed(s) {results['seeds']}", "",
-             "| role | model | params | val acc | test acc (best val) | test acc (last epoch) |",
-             "|---|---|---:|---:|---:|---:|"]
-    for role in ROLES:
-        row = results.get(role)
-        if row:
-            lines.append(f"| {ROLE_TITLES[role]} | {row['model']} | {row['params']:,} | "
-                         f"{_pct(row['val_acc'], row['val_acc_std'])} | "
-                         f"{_pct(row['test_acc'], row['test_acc_std'])} | "
-                         f"{_pct(row['test_acc_last'], row['test_acc_last_std'])} |")
+             TABLE_HEAD[0].format(first="role"), TABLE_HEAD[1]]
+    lines += [_row(ROLE_TITLES[role], results[role]) for role in ROLES if results.get(role)]
     inference = results.get("inference")
     if inference:
-        lines += ["", f"Inference for the same {inference['targets']} nodes: teacher "
+        lines += ["", f"Inference for the same {inference['targets']} "
+                      f"{inference.get('unit', 'nodes')}: teacher "
                       f"{inference['teacher_ms']:.2f} ms, student {inference['student_ms']:.2f} ms "
                       f"→ {inference['speedup']:.1f}× faster."]
     if results.get("notes"):
@@ -60,4 +65,49 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> str:
     write_json(run_dir / "results.json", results)
     text = markdown(results)
     write_text(run_dir / "results.md", text)
+    return text
+
+
+def comparison_markdown(results: dict[str, Any]) -> str:
+    lines = [f"# {results['name']}: methods compared", "",
+             f"dataset `{results['dataset']}`, same teacher and seeds {results['seeds']} "
+             "for every method", "", TABLE_HEAD[0].format(first="method"), TABLE_HEAD[1]]
+    lines += [_row(label, row) for label, row in results["methods"].items()]
+    lines += ["", "Objectives:"] + [f"- {label}: `{row['formula']}`"
+                                    for label, row in results["methods"].items() if row["formula"]]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(path: Path, results: dict[str, Any]) -> Path:
+    """Test accuracy (best val) per method with std error bars, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(results["methods"])
+    means = [100 * results["methods"][k]["test_acc"] for k in labels]
+    stds = [100 * results["methods"][k]["test_acc_std"] for k in labels]
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 4))
+    ax.bar(labels, means, yerr=stds, capsize=4, color="#4c72b0")
+    low = min(m - s for m, s in zip(means, stds))
+    ax.set_ylim(max(0.0, low - 5), min(100.0, max(means) + 5))
+    ax.set_ylabel("test accuracy (%) at best val epoch")
+    ax.set_title(f"{results['name']} ({len(results['seeds'])} seeds)")
+    for x, m in enumerate(means):
+        ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_comparison(run_dir: Path, results: dict[str, Any]) -> str:
+    write_json(run_dir / "comparison.json", results)
+    text = comparison_markdown(results)
+    write_text(run_dir / "comparison.md", text)
+    bar_chart(run_dir / "comparison.png", results)
     return text

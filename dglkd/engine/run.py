@@ -14,13 +14,30 @@ from dglkd.engine.cache import TeacherCache, matches, teacher_key
 from dglkd.engine.env import environment, resolve_device, seed_everything
 from dglkd.engine.io import new_run_dir, save_torch, write_json, write_text
 from dglkd.engine.loop import PhaseResult, fit
-from dglkd.engine.results import summarize_role, write_results
+from dglkd.engine.results import summarize_role, write_comparison, write_results
 from dglkd.errors import DglkdError
 from dglkd.methods import DistillMethod, build_method
 from dglkd.methods.base import METHODS, parse_params
 from dglkd.models import count_parameters
 
 Say = Callable[[str], None]
+
+
+def method_variants(config: Config, labels: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Methods to compare: entries of the config's ``compare`` section by label, or
+    registered method names with their default constants."""
+    chosen = {}
+    for label in labels:
+        if label in config.compare:
+            chosen[label] = (config.compare[label].name, config.compare[label].params())
+        elif label in METHODS:
+            chosen[label] = (label, {})
+        else:
+            allowed = ", ".join([*config.compare, *METHODS.names()])
+            raise DglkdError(f"--methods: unknown {label!r}; allowed: {allowed}")
+    if not chosen:
+        raise DglkdError("--methods: name at least one method, e.g. --methods ce,kd")
+    return chosen
 
 
 class Experiment:
@@ -97,12 +114,10 @@ class Experiment:
         self.cache.save(key, model.state_dict(), self.backend.cache_logits(model), result)
         return model, result
 
-    def student(self, role: str, seed: int, teacher: nn.Module,
-                method_name: str | None = None) -> tuple[nn.Module, DistillMethod, dict]:
-        """Train the student of ``role`` (``baseline``: labels alone; else distilled)."""
+    def student(self, role: str, seed: int, teacher: nn.Module, name: str,
+                params: dict[str, Any]) -> tuple[nn.Module, DistillMethod, dict]:
+        """Train a student named ``role`` with method ``name`` and its ``params``."""
         seed_everything(seed)
-        name = "ce" if role == "baseline" else (method_name or self.config.method.name)
-        params = {} if role == "baseline" else self.config.method.params()
         model = self.backend.new_model(self.config.student, "student")
         context = self.backend.method_context(model, teacher)
         method = METHODS.get(name)(parse_params(name, params), context).to(self.device)
@@ -132,8 +147,9 @@ class Experiment:
             self.backend.load(seed)
             models["teacher"], result = self.teacher(seed)
             roles["teacher"].append(result)
-            for role in ("baseline", "student") if self.config.baseline else ("student",):
-                models[role], _, result = self.student(role, seed, models["teacher"])
+            for role, (name, params) in self._student_roles().items():
+                models[role], _, result = self.student(role, seed, models["teacher"], name,
+                                                       params)
                 roles[role].append(result)
         results = self._header()
         for role, runs in roles.items():
@@ -143,6 +159,35 @@ class Experiment:
         results["inference"] = self.backend.inference(models["teacher"], models["student"],
                                                       self.config.seed)
         return self._finish(results)
+
+    def _student_roles(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        method = self.config.method
+        roles = {"baseline": ("ce", {})} if self.config.baseline else {}
+        return roles | {"student": (method.name, method.params())}
+
+    def compare(self, labels: list[str]) -> dict[str, Any]:
+        """Train the student with each method on the same teachers and seeds."""
+        variants = method_variants(self.config, labels)
+        runs: dict[str, list] = {"teacher": [], **{label: [] for label in variants}}
+        params: dict[str, int] = {}
+        for seed in self.config.seeds():
+            self.backend.load(seed)
+            teacher, result = self.teacher(seed)
+            runs["teacher"].append(result)
+            params["teacher"] = count_parameters(teacher)
+            for label, (name, method_params) in variants.items():
+                student, method, result = self.student(label, seed, teacher, name, method_params)
+                runs[label].append(result)
+                params[label] = count_parameters(student)
+                self.formulas[label] = method.formula()
+        rows = {label: summarize_role(self.config.teacher.model if label == "teacher"
+                                      else self.config.student.model, params[label], seed_runs)
+                for label, seed_runs in runs.items()}
+        for label, row in rows.items():
+            row["formula"] = self.formulas.get(label, "")
+        results = {**self._header(), "methods": rows}
+        self.say(write_comparison(self.run_dir, results))
+        return results
 
     def _header(self) -> dict[str, Any]:
         cfg = self.config

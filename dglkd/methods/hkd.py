@@ -158,6 +158,10 @@ class HKD(ContrastiveDistill):
             return {side: self.encoder[side](graph, view.z[side]) for side in SIDES}
         return {side: self._knn_holistic(batch, side, view.z[side]) for side in SIDES}
 
+    def embeddings(self, batch: DistillBatch) -> dict[str, Tensor]:
+        """The holistic embeddings of both networks, for TensorBoard's projector."""
+        return {f"{side}_holistic": h for side, h in self.holistic(batch).items()}
+
     def _knn_holistic(self, batch: DistillBatch, side: str, z: Tensor) -> Tensor:
         p = self.params
         points = batch.distill_rows(side_knowledge(batch, side).feat(p.knn_feature))
