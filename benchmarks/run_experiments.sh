@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduce every accuracy table in the README (CPU; about an hour on 2 cores).
+#   bash benchmarks/run_experiments.sh [OUT_DIR]     (default: runs/experiments)
+# Graph experiments and MNIST run as two single-threaded chains side by side.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/experiments}
+PY=${PY:-.venv/bin/python}
+export DGLBACKEND=pytorch OMP_NUM_THREADS=1
+mkdir -p "$OUT"
+graphs() {
+    $PY -m dglkd distill configs/cora_gcn_glnn.yaml --out "$OUT/cora"
+    $PY -m dglkd compare configs/cora_gat_lsp.yaml --out "$OUT/cora" \
+        --methods ce,kd,lsp,lsp_kd,hkd,fitnet,rkd
+    $PY -m dglkd compare configs/cora_glnn_hkd.yaml --out "$OUT/cora" --methods glnn,glnn_hkd
+    $PY -m dglkd compare configs/cora_glnn_hkd.yaml --out "$OUT/cora" --methods kd,kd_hkd \
+        --set student.model=gcn --set student.hidden=8 --set name=cora_gcn8_kd_hkd
+    $PY -m dglkd compare configs/cora_gat_lsp.yaml --out "$OUT/citeseer" \
+        --methods ce,kd,lsp,lsp_kd,hkd,fitnet,rkd --set data.name=citeseer --set name=citeseer_gat_lsp
+    $PY -m dglkd distill configs/npz_sage_glnn.yaml --out "$OUT/npz"
+}
+images() {
+    $PY -m dglkd compare configs/mnist_compare.yaml --out "$OUT/mnist" \
+        --methods ce,kd,hkd,hkd_kd,mhgd,lsp,crd,rkd
+}
+graphs > "$OUT/graphs.log" 2>&1 &
+images > "$OUT/images.log" 2>&1 &
+wait
+grep -h -A14 "^| \(role\|method\) " "$OUT"/*.log
