@@ -67,7 +67,7 @@ def test_second_distill_uses_the_teacher_cache(distilled, cli, write_config):
         "runs": _results(first_dir)["teacher"]["runs"]}
     # A different teacher config is a different key: trained again.
     code, stdout, _ = cli("distill", write_config(small_cora), "--out", out,
-                          "--set", "teacher.hidden=16")
+                          "--set", "teacher.hidden=16", "--set", "baseline=false")
     assert "teacher seed 0: training gcn" in stdout
 
 
@@ -77,7 +77,8 @@ def test_corrupt_cache_entry_is_not_used(distilled, cli, write_config):
     assert entries
     for entry in entries:
         entry.write_bytes(b"not a torch file")
-    code, stdout, _ = cli("distill", write_config(small_cora), "--out", out)
+    code, stdout, _ = cli("distill", write_config(small_cora), "--out", out,
+                          "--set", "baseline=false")
     assert code == 0 and "teacher seed 0: training gcn" in stdout
 
 
@@ -160,7 +161,7 @@ def test_user_graph_file(cli, write_config, small_cora, tmp_path):
 
 def test_gnn_to_gnn_kd_into_a_small_gcn(cli, write_config, small_cora, tmp_path):
     small_cora["student"] = {"model": "gcn", "hidden": 8, "layers": 2, "dropout": 0.5}
-    small_cora["method"] = {"name": "kd", "temperature": 2.0}
+    small_cora["method"] = {"name": "kd", "kd_temperature": 2.0}
     code, _, err = cli("distill", write_config(small_cora), "--out", tmp_path / "runs")
     assert code == 0, err
     results = _results(_run_dirs(tmp_path / "runs")[0])

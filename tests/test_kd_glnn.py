@@ -16,7 +16,7 @@ def test_kd_matches_a_hand_computation():
     e = [math.exp(1.5), math.exp(1.0), math.exp(0.5)]
     p0, p2 = e[0] / sum(e), e[2] / sum(e)
     expected = 4 * (p0 - p2) * 1.0
-    kd = build_method("kd", 3, temperature=2.0, ce_weight=0.0)
+    kd = build_method("kd", 3, kd_temperature=2.0, ce_weight=0.0)
     student = torch.tensor([[1.0, 2.0, 3.0], [0.3, 0.2, 0.1]])
     teacher = torch.tensor([[3.0, 2.0, 1.0], [0.3, 0.2, 0.1]])
     terms = kd(Knowledge(student), Knowledge(teacher))

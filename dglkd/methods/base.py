@@ -212,10 +212,6 @@ def build_method(
     return METHODS.get(name)(parse_params(name, params), context)
 
 
-def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
-    return values.mean() if mask is None else values[mask].mean()
-
-
 def require_graph(batch: DistillBatch, method: str) -> Any:
     if batch.graph is None:
         raise DglkdError(f"method {method!r} needs a graph over the instances; none was given")

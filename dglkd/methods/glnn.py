@@ -9,7 +9,7 @@ from dglkd.methods.kd import KD
 
 class GLNNParams(MethodParams):
     lam: float = pydantic.Field(0.0, ge=0.0, le=1.0)
-    temperature: float = 1.0
+    kd_temperature: float = 1.0
 
 
 @register_method("glnn")
@@ -20,7 +20,7 @@ class GLNN(KD):
     ``loss = λ·CE(labels on labelled nodes) + (1−λ)·KL(teacher ‖ student)`` with the KL over
     every node whose teacher output may be used (all nodes transductively, observed nodes
     inductively): KD's two terms with weights tied by λ. The authors' released configs use
-    λ = 0 and T = 1. The student may be an MLP or any GNN.
+    λ = 0 and T = 1 (``kd_temperature``). The student may be an MLP or any GNN.
     """
 
     Params = GLNNParams

@@ -29,9 +29,8 @@ from dglkd.methods.base import (
     DistillMethod,
     Knowledge,
     MethodContext,
-    MethodParams,
 )
-from dglkd.methods.kd import KD, KDParams
+from dglkd.methods.kd import ResponseParams, response_terms
 
 SIDES = ("student", "teacher")
 
@@ -200,10 +199,9 @@ class ContrastView:
         return len(self.labels)
 
 
-class ContrastiveParams(MethodParams):
+class ContrastiveParams(ResponseParams):
     """Constants shared by CRD and HKD (each sets its own defaults and term weight)."""
 
-    ce_weight: float = 1.0
     kd_weight: float = 1.0
     kd_temperature: float = pydantic.Field(4.0, gt=0)
     student_feature: str = "pool"
@@ -231,9 +229,6 @@ class ContrastiveDistill(DistillMethod):
             {side: nn.Linear(context.dim(side, self._feature(side)), params.embed_dim)
              for side in SIDES}
         )
-        # HKD + KD is literally KD plus a term: reuse KD for CE and the soft-label term.
-        self.kd = KD(KDParams(ce_weight=params.ce_weight, kd_weight=params.kd_weight,
-                              temperature=params.kd_temperature), context)
         self.bank = self._build_bank(params, context) if params.negatives == "memory" else None
 
     def _build_bank(self, params: ContrastiveParams, context: MethodContext) -> MemoryBank:
@@ -252,7 +247,7 @@ class ContrastiveDistill(DistillMethod):
         return [self.params.student_feature], [self.params.teacher_feature]
 
     def supervised_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        return self.kd.loss_terms(batch)
+        return response_terms(self, batch)
 
     # -- the pieces a contrastive term is made of --------------------------------------
     def view(self, batch: DistillBatch) -> ContrastView:

@@ -1,0 +1,75 @@
+"""Relational knowledge distillation: distances and angles among the instances."""
+from __future__ import annotations
+
+import pydantic
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dglkd.methods.base import DistillBatch, DistillMethod, register_method
+from dglkd.methods.kd import ResponseParams, response_terms
+
+
+class RKDParams(ResponseParams):
+    """Penultimate features by name (``hidden`` for GNNs/MLPs, ``pool`` for CNNs)."""
+
+    student_feature: str = "hidden"
+    teacher_feature: str = "hidden"
+    distance_weight: float = 25.0
+    angle_weight: float = 50.0
+    max_instances: int = pydantic.Field(256, ge=3)
+
+
+def normalized_distances(x: Tensor) -> Tensor:
+    """Pairwise Euclidean distances (B, B) divided by their mean over distinct pairs."""
+    sq = x.pow(2).sum(1)
+    dist = (sq.unsqueeze(0) + sq.unsqueeze(1) - 2 * x @ x.t()).clamp_min(1e-12).sqrt()
+    # the diagonal is exactly 0 (the clamp above only keeps sqrt's gradient finite)
+    dist = dist * (1 - torch.eye(len(x), device=x.device, dtype=x.dtype))
+    positive = dist > 0
+    return dist / dist[positive].mean() if bool(positive.any()) else dist
+
+
+def triplet_angles(x: Tensor) -> Tensor:
+    """cos of the angle at i between j and k, for every (i, j, k): (B, B, B)."""
+    edges = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), dim=2)  # [i, j] = unit(x_j − x_i)
+    return edges @ edges.transpose(1, 2)
+
+
+@register_method("rkd")
+class RKD(DistillMethod):
+    """Park et al., "Relational Knowledge Distillation", CVPR 2019.
+
+    ``loss = ce_weight·CE + kd_weight·KD + distance_weight·L_d + angle_weight·L_a`` on
+    penultimate features (``hidden`` of our GNNs and MLPs; use ``pool`` for CNNs):
+    L_d is the smooth-L1 loss between the student's and the teacher's pairwise distances,
+    each divided by its mean; L_a between the cosines of the angles of all triplets. The
+    paper's weights are 25 and 50. With more than ``max_instances`` instances (a whole
+    graph's nodes), a random subset of that size is used each step: the angle term costs
+    B³.
+    """
+
+    Params = RKDParams
+
+    def required_features(self) -> tuple[list[str], list[str]]:
+        return [self.params.student_feature], [self.params.teacher_feature]
+
+    def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
+        terms = response_terms(self, batch)
+        if not (self.weight("distance") or self.weight("angle")):
+            return terms
+        student, teacher = self._instances(batch)
+        for name, relation in (("distance", normalized_distances), ("angle", triplet_angles)):
+            if self.weight(name):
+                with torch.no_grad():
+                    target = relation(teacher)
+                terms[name] = F.smooth_l1_loss(relation(student), target)
+        return terms
+
+    def _instances(self, batch: DistillBatch) -> tuple[Tensor, Tensor]:
+        student = batch.distill_rows(batch.student.feat(self.params.student_feature)).flatten(1)
+        teacher = batch.distill_rows(batch.teacher.feat(self.params.teacher_feature)).flatten(1)
+        if len(student) > self.params.max_instances:
+            keep = torch.randperm(len(student), device=student.device)[: self.params.max_instances]
+            student, teacher = student[keep], teacher[keep]
+        return student, teacher
