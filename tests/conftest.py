@@ -16,6 +16,17 @@ os.environ.setdefault("OUTDATED_IGNORE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def planetoid_root(tmp_path_factory) -> str:
     """One processed copy of the bundled Planetoid files for the whole session."""

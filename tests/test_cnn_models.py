@@ -26,13 +26,8 @@ LITERATURE_MILLIONS = {
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Batches of two images: threads only add contention on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: intra-op threads only add waiting (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _BUILT: dict[tuple[str, int], torch.nn.Module] = {}

@@ -115,15 +115,6 @@ def structured_data(n=600, classes=10, dim=20, seed=0):
     return x, y, teacher_feat
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("negatives", ["memory", "batch"])
 def test_training_lowers_the_crd_loss(negatives, one_thread):
     torch.manual_seed(0)

@@ -274,15 +274,6 @@ def test_memory_mode_needs_valid_indices():
         method(student, teacher, index=torch.tensor([0, 1, 2, 10]))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digits():
     datasets = pytest.importorskip("sklearn.datasets")
     x, y = datasets.load_digits(return_X_y=True)

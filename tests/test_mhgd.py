@@ -20,13 +20,8 @@ from dglkd.methods.mhgd import (
 STAGES = ["stage1", "stage2", "stage3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a busy machine, intra-op threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: intra-op threads only add waiting (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the SVD -------------------------------------------------------------------------------
