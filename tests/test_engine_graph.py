@@ -187,3 +187,39 @@ def test_example_distills_gcn_on_an_ogb_layout_dataset(tmp_path):
     write_tiny_ogb(str(tmp_path / "ogbn_arxiv"), num_nodes=300, num_classes=5, split="time")
     scores = distill_gcn_ogb.main(["--root", str(tmp_path), "--epochs", "40"])
     assert scores["teacher"] >= 0.9 and scores["student"] >= 0.9
+
+
+def test_train_teacher_then_distill_loads_it(cli, write_config, small_cora, tmp_path):
+    small_cora["cache_dir"] = str(tmp_path / "cache")
+    small_cora["teacher_train"]["epochs"] = 20
+    config = write_config(small_cora)
+    code, stdout, err = cli("train-teacher", config, "--out", tmp_path / "runs")
+    assert code == 0, err
+    results = _results(_run_dirs(tmp_path / "runs")[0])
+    assert "teacher" in results and "student" not in results
+    code, stdout, err = cli("distill", config, "--out", tmp_path / "runs",
+                            "--set", "baseline=false", "--set", "train.epochs=5")
+    assert code == 0, err
+    assert "teacher seed 0: loaded from cache" in stdout
+
+
+def test_compare_writes_a_table_and_a_bar_chart(cli, write_config, small_cora, tmp_path):
+    small_cora["compare"] = {"kd_t2": {"name": "kd", "kd_temperature": 2.0}}
+    code, stdout, err = cli("compare", write_config(small_cora), "--out", tmp_path / "runs",
+                            "--methods", "ce,glnn,kd_t2")
+    assert code == 0, err
+    run_dir = _run_dirs(tmp_path / "runs")[0]
+    comparison = json.loads((run_dir / "comparison.json").read_text())
+    assert list(comparison["methods"]) == ["teacher", "ce", "glnn", "kd_t2"]
+    assert comparison["methods"]["glnn"]["test_acc"] > comparison["methods"]["ce"]["test_acc"]
+    assert comparison["methods"]["kd_t2"]["formula"] == "loss = 1.0*ce + 1.0*kd"
+    table = (run_dir / "comparison.md").read_text()
+    assert "| kd_t2 | mlp |" in table and "test acc (last epoch)" in table
+    assert (run_dir / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_rejects_unknown_methods_before_running(cli, write_config, small_cora, tmp_path):
+    code, _, err = cli("compare", write_config(small_cora), "--out", tmp_path / "runs",
+                       "--methods", "ce,nope")
+    assert code == 2 and "--methods: unknown 'nope'" in err
+    assert not (tmp_path / "runs").exists()
