@@ -94,8 +94,8 @@ def bar_chart(path: Path, results: dict[str, Any]) -> Path:
     ax.set_ylim(max(0.0, low - 5), min(100.0, max(means) + 5))
     ax.set_ylabel("test accuracy (%) at best val epoch")
     ax.set_title(f"{results['name']} ({len(results['seeds'])} seeds)")
-    for x, m in enumerate(means):
-        ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    for x, (m, s) in enumerate(zip(means, stds)):
+        ax.text(x, m + s, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
