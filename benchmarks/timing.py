@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from dglkd.engine.image import capture, frozen_knowledge
+from dglkd.engine.graph import capture
+from dglkd.engine.image import frozen_knowledge
 from dglkd.methods import MethodContext
 
 
@@ -76,7 +77,7 @@ def image_context(teacher, student, images, num_classes: int, **facts):
     """A MethodContext whose feature shapes are probed on two of ``images``."""
     models = {"student": student, "teacher": teacher}
     return MethodContext(num_classes, probe=lambda side, name: capture(
-        models[side], images[:2], [name]).feat(name).shape[1:], **facts)
+        models[side], [name], images[:2]).feat(name).shape[1:], **facts)
 
 
 def training_step(teacher, student, method, images, labels, index=None,
@@ -92,7 +93,7 @@ def training_step(teacher, student, method, images, labels, index=None,
     def step() -> None:
         knowledge = (None if teacher is None
                      else frozen_knowledge(teacher, images, [*taps, *teacher_names]))
-        own = capture(student, images, [*taps, *student_names])
+        own = capture(student, [*taps, *student_names], images)
         loss = sum(method(own, knowledge, labels=labels, index=index).values())
         optimizer.zero_grad()
         loss.backward()

@@ -19,10 +19,10 @@ from dglkd.models import FeatureTap
 SPLITS = ("train", "val", "test")
 
 
-def capture(model: nn.Module, graph: Any, feat: Tensor, names: list[str]) -> Knowledge:
-    """One forward pass, keeping the named hidden features."""
+def capture(model: nn.Module, names: list[str], *inputs: Any) -> Knowledge:
+    """One forward pass ``model(*inputs)``, keeping the named hidden features."""
     with FeatureTap(model, names) as tap:
-        logits = model(graph, feat)
+        logits = model(*inputs)
         return Knowledge(logits, tap.pop())
 
 
@@ -65,7 +65,7 @@ class GraphData:
     @torch.no_grad()
     def knowledge(self, model: nn.Module, names: list[str]) -> Knowledge:
         model.eval()
-        return capture(model, self.train_graph, self.feat, names)
+        return capture(model, names, self.train_graph, self.feat)
 
     def instance_labels(self, teacher: Knowledge | None) -> Tensor:
         """True labels of training nodes, the teacher's predictions elsewhere (-1 without one)."""
@@ -102,7 +102,7 @@ def graph_phase(name: str, model: nn.Module, method: DistillMethod, data: GraphD
         model.train()
         method.train()
         optimizer.zero_grad()
-        student = capture(model, data.train_graph, data.feat, student_names)
+        student = capture(model, student_names, data.train_graph, data.feat)
         terms = method(student, teacher, labels=data.labels, label_mask=data.train_mask,
                        graph=data.train_graph, index=data.node_ids)
         total = sum(terms.values())

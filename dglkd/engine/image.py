@@ -25,13 +25,13 @@ from dglkd.config import Config, ModelConfig, TrainConfig
 from dglkd.data.images import iterate_minibatches
 from dglkd.data.task import ImageTask, accuracy
 from dglkd.engine.backends import INFERENCE_TARGETS
-from dglkd.engine.graph import SPLITS
+from dglkd.engine.graph import SPLITS, capture
 from dglkd.engine.loop import Phase
 from dglkd.engine.optim import make_optimizer, make_scheduler
 from dglkd.engine.tasks import load_task
 from dglkd.errors import DglkdError
 from dglkd.methods import DistillBatch, DistillMethod, Knowledge, MethodContext
-from dglkd.models import FeatureTap, build_model
+from dglkd.models import build_model
 
 EVAL_BATCH = 256
 # Train accuracy is a fit diagnostic: a fixed subset keeps big sets (CIFAR: 45,000) cheap.
@@ -45,18 +45,11 @@ TIMING_REPEATS = 7
 # ------------------------------------------------------------------------ forward passes
 
 
-def capture(model: nn.Module, images: Tensor, names: list[str]) -> Knowledge:
-    """One forward pass of ``model`` on ``images``, keeping the named hidden features."""
-    with FeatureTap(model, names) as tap:
-        logits = model(images)
-        return Knowledge(logits, tap.pop())
-
-
 @torch.no_grad()
 def frozen_knowledge(model: nn.Module, images: Tensor, names: list[str]) -> Knowledge:
     """What a network knows about ``images`` in eval mode, without gradients (the teacher)."""
     model.eval()
-    return capture(model, images, names)
+    return capture(model, names, images)
 
 
 @torch.no_grad()
@@ -206,7 +199,7 @@ class ImageBackend:
             for images, labels, index in self.train_batches(cfg.batch_size, generator):
                 knowledge = (frozen_knowledge(teacher, images, teacher_names)
                              if teacher is not None else None)
-                student = capture(model, images, student_names)
+                student = capture(model, student_names, images)
                 terms = method(student, knowledge, labels=labels, index=index)
                 total = sum(terms.values())
                 optimizer.zero_grad()
