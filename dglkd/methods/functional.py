@@ -1,7 +1,6 @@
 """Loss functions shared by several methods (pure torch, device-agnostic)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,19 +13,3 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
     return kl.mean() * temperature**2
-
-
-def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
-    """InfoNCE with one positive per anchor.
-
-    ``anchor`` and ``positive`` are (B, D); ``negatives`` is (B, K, D) (per-anchor
-    negatives) or (K, D) (one pool shared by every anchor). Inputs are used as given
-    (normalise them first for cosine similarity).
-    """
-    pos = (anchor * positive).sum(-1, keepdim=True)
-    if negatives.dim() == 2:
-        neg = anchor @ negatives.t()
-    else:
-        neg = torch.bmm(negatives, anchor.unsqueeze(-1)).squeeze(-1)
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
