@@ -2,8 +2,9 @@
 
 (a) Full training step, resnet32x4 -> resnet8x4, batch 64 of random 3x32x32 images, 100
     classes: teacher forward (no_grad, tapped for ``pool``), student forward (tapped),
-    method loss, backward, SGD step. KD (CE + KD, T=4) vs HKD+KD with its defaults
-    (memory bank of 50,000 instances, 16,384 negatives, ``kd_weight=1``).
+    objective's terms, backward, SGD step (the engine's ``train_step``). KD (``ce + kd``,
+    T=4) vs HKD+KD, HKD's paper recipe ``ce + kd + 3*hkd`` with its defaults (memory bank
+    of 50,000 instances, 16,384 negatives).
 (b) The instance-graph part alone, per network: kNN graph (k=8 on softmax(logits), self
     included) + TAGConv K=1 encoder, forward+backward on 64 rows of 128-d embeddings,
     HKD's ``graph_backend="dgl"`` path vs its ``"dense"`` path, on the CPU.
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 from timing import (add_common_args, header, image_context, interleaved_times, median, ratio,
                     setup, training_step)
 from dglkd.graphs import dense_knn_index, knn_instance_graph
-from dglkd.methods import build_method
+from dglkd.methods import compose
 from dglkd.methods.hkd import GraphEncoder, HKDParams
+from dglkd.methods.recipe import build_recipe, recipe_spec
 from dglkd.models import build_model
 
 BATCH, CLASSES, IMAGE, INSTANCES, EMBED = 64, 100, (3, 32, 32), 50_000, 128
@@ -39,14 +41,13 @@ def step_arms(device: torch.device) -> dict:
     images = torch.randn(BATCH, *IMAGE, device=device)
     index = torch.randperm(INSTANCES)[:BATCH]
     labels = bank_labels[index].to(device)
-    context = image_context(teacher, student, images, CLASSES, num_instances=INSTANCES,
-                            instance_labels=bank_labels)
-    arms = {}
-    for label, name, params in (("KD", "kd", {}), ("HKD+KD", "hkd", {"kd_weight": 1.0})):
-        method = build_method(name, context, **params).to(device).train()
-        arms[label] = training_step(teacher, copy.deepcopy(student), method, images, labels,
-                                    index.to(device), taps=("pool",))
-    return arms
+    context = image_context(teacher, student, images, instance_labels=bank_labels)
+    objectives = {"KD": compose(ce=1.0, kd={"weight": 1.0, "temperature": 4.0},
+                                context=context),
+                  "HKD+KD": build_recipe(recipe_spec({"name": "hkd"}), context)}
+    return {label: training_step(teacher, copy.deepcopy(student), objective.to(device),
+                                 images, labels, index.to(device))
+            for label, objective in objectives.items()}
 
 
 def graph_arms(device: torch.device, backends: tuple[str, ...]) -> dict:

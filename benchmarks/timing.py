@@ -1,5 +1,5 @@
 """Interleaved median timing shared by the benchmark scripts, and the image training step
-they time.
+they time (the engine's own: :func:`dglkd.engine.step.train_step`).
 
 Arms are timed in alternating rounds (A B, then B A, ...), so a change in background load
 hits every arm alike. The scripts report the ratio of the arms' median times and, as a
@@ -15,9 +15,8 @@ from typing import Callable
 
 import torch
 
-from dglkd.engine.graph import capture
-from dglkd.engine.image import frozen_knowledge
-from dglkd.methods import MethodContext
+from dglkd.engine.step import Batch, train_step
+from dglkd.methods import MethodContext, Recipe, context_for
 
 
 def add_common_args(parser: argparse.ArgumentParser, warmup: int, steps: int) -> None:
@@ -73,31 +72,29 @@ def ratio(times: dict[str, list[float]], arm: str, base: str) -> str:
             f"(median per-round ratio {paired:.3f})")
 
 
-def image_context(teacher, student, images, num_classes: int, **facts):
-    """A MethodContext whose feature shapes are probed on two of ``images``."""
-    models = {"student": student, "teacher": teacher}
-    return MethodContext(num_classes, probe=lambda side, name: capture(
-        models[side], [name], images[:2]).feat(name).shape[1:], **facts)
+def image_context(teacher, student, images, instance_labels=None) -> MethodContext:
+    """The engine's MethodContext: feature shapes probed on two of ``images``; with
+    ``instance_labels``, one memory-bank row per label (the training images by position)."""
+    return context_for(student, teacher, images[:2], labels=instance_labels)
 
 
-def training_step(teacher, student, method, images, labels, index=None,
-                  taps: tuple[str, ...] = ()) -> Callable[[], None]:
-    """One step of the image engine as a closure: the teacher's forward (eval, no_grad) and
-    the student's, both tapped for ``taps`` and the method's features; the method's loss;
-    backward; an SGD step (lr 0.05, momentum 0.9, wd 5e-4) over the student's and the
-    method's parameters. ``teacher=None`` for methods without one (CE)."""
-    optimizer = torch.optim.SGD([*student.parameters(), *method.parameters()], lr=0.05,
+def training_step(teacher, student, objective: Recipe, images, labels,
+                  index=None) -> Callable[[], None]:
+    """One step of the image engine as a closure (``dglkd.engine.step.train_step`` on an
+    image batch): the teacher's forward (eval, no_grad) and the student's, each capturing
+    the features the objective reads; the objective's terms; backward; an SGD step (lr
+    0.05, momentum 0.9, wd 5e-4) over the student's and the objective's parameters.
+    ``teacher=None`` for objectives without one (CE)."""
+    optimizer = torch.optim.SGD([*student.parameters(), *objective.parameters()], lr=0.05,
                                 momentum=0.9, weight_decay=5e-4)
-    student_names, teacher_names = method.required_features()
+    if teacher is not None:
+        teacher.eval()
+    batch = Batch((images,), labels=labels, index=index, teacher_inputs=(images,))
+    student.train()
+    objective.train()
 
     def step() -> None:
-        knowledge = (None if teacher is None
-                     else frozen_knowledge(teacher, images, [*taps, *teacher_names]))
-        own = capture(student, [*taps, *student_names], images)
-        loss = sum(method(own, knowledge, labels=labels, index=index).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(batch, student, objective, optimizer, teacher)
 
     return step
 

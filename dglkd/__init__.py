@@ -3,10 +3,9 @@
 The Python API in a few lines::
 
     import dglkd
-    method = dglkd.build_method("glnn", num_classes, lam=0.0)
-    terms = method(dglkd.Knowledge(student_logits), dglkd.Knowledge(teacher_logits),
-                   labels=labels, label_mask=train_mask)
-    loss = sum(terms.values())
+    objective = dglkd.compose(glnn=1.0)            # or compose(ce=1.0, kd={"weight": 1.0})
+    terms = objective(student_logits, teacher_logits, labels=labels, label_mask=train_mask)
+    loss = sum(terms.values())                     # print(objective): the whole formula
 """
 import os
 
@@ -21,9 +20,15 @@ from dglkd.methods import (  # noqa: E402
     DistillMethod,
     Knowledge,
     MethodContext,
+    MethodParams,
+    Recipe,
     build_method,
+    capture,
+    compose,
+    context_for,
     register_method,
 )
+from dglkd.models import FeatureTap  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -31,9 +36,15 @@ __all__ = [
     "DglkdError",
     "METHODS",
     "DistillMethod",
+    "FeatureTap",
     "Knowledge",
     "MethodContext",
+    "MethodParams",
+    "Recipe",
     "build_method",
+    "capture",
+    "compose",
+    "context_for",
     "register_method",
     "__version__",
 ]

@@ -7,7 +7,10 @@ The config sits beside the engine: it reads the registries of the lower layers.
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -15,7 +18,7 @@ import pydantic
 import yaml
 
 from dglkd.errors import DglkdError, describe_validation_error
-from dglkd.methods.base import parse_params
+from dglkd.methods.recipe import TermSpec, check_recipe, recipe_spec
 from dglkd.models import model_options
 from dglkd.models.registry import MODELS
 
@@ -24,8 +27,36 @@ class Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
 
 
-GRAPH_DATASETS = ("cora", "citeseer", "npz", "graph_file", "synthetic")
+GRAPH_DATASETS = ("cora", "citeseer", "npz", "graph_file", "synthetic", "dist")
 IMAGE_DATASETS = ("mnist", "digits", "cifar10", "cifar100")
+
+# The data keys each dataset family reads; any other key set for it is an error, so a
+# key that would do nothing never loads silently.
+_GRAPH_KEYS = {"name", "split_seed", "inductive", "hidden_test_share", "self_loop",
+               "positional"}
+DATA_KEYS = {
+    "planetoid": _GRAPH_KEYS | {"root", "split", "train_per_class", "val_per_class"},
+    "npz": _GRAPH_KEYS | {"path", "lcc", "train_per_class", "val_per_class"},
+    "ogb": _GRAPH_KEYS | {"root"},
+    "graph_file": _GRAPH_KEYS | {"path"},
+    "synthetic": _GRAPH_KEYS | {"num_nodes", "num_edges"},
+    # A graph already partitioned by ``dglkd partition`` and served by DistDGL: the split,
+    # self loops and features were fixed when it was partitioned.
+    "dist": {"name", "part_config", "ip_config", "graph_name"},
+    "mnist": {"name", "split_seed", "root", "train_size", "val_size"},
+    "digits": {"name", "split_seed", "train_size", "val_size"},
+    "cifar": {"name", "split_seed", "path", "val_size"},
+}
+
+
+def data_family(name: str) -> str:
+    if name.startswith("ogbn-"):
+        return "ogb"
+    if name in ("cora", "citeseer"):
+        return "planetoid"
+    if name in ("cifar10", "cifar100"):
+        return "cifar"
+    return name
 
 
 class DataConfig(Strict):
@@ -44,6 +75,14 @@ class DataConfig(Strict):
     val_size: int = pydantic.Field(1000, ge=0)
     num_nodes: int = pydantic.Field(169_343, ge=10)
     num_edges: int = pydantic.Field(1_166_243, ge=10)
+    # NOSMOG's DeepWalk position features appended to every node's features, e.g.
+    # {dim: 128}; see dglkd.data.positional.PositionalParams.
+    positional: Optional[dict[str, Any]] = None
+    # data.name "dist": the partition config written by ``dglkd partition`` and DGL's
+    # ip_config ("IP PORT" per machine); graph_name defaults to the partition config's.
+    part_config: Optional[str] = None
+    ip_config: Optional[str] = None
+    graph_name: Optional[str] = None
 
     @pydantic.field_validator("name")
     @classmethod
@@ -59,6 +98,11 @@ class DataConfig(Strict):
     def is_image(self) -> bool:
         return self.name in IMAGE_DATASETS
 
+    def applicable(self) -> dict[str, Any]:
+        """The keys this dataset reads, with their values (what a run folder records)."""
+        keys = DATA_KEYS[data_family(self.name)]
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in keys}
+
 
 class TrainConfig(Strict):
     epochs: int = pydantic.Field(200, ge=1)
@@ -69,8 +113,20 @@ class TrainConfig(Strict):
     schedule: Literal["none", "step", "cosine"] = "none"
     milestones: list[int] = []
     gamma: float = 0.1
-    batch_size: int = pydantic.Field(64, ge=1)
+    # Image data: images per batch (64 when absent). Graphs: seed nodes per batch; absent
+    # means one full-graph step per epoch.
+    batch_size: Optional[int] = pydantic.Field(None, ge=1)
+    fanouts: Optional[list[int]] = None
+    num_workers: int = pydantic.Field(0, ge=0, le=64)
+    eval_batch_size: int = pydantic.Field(4096, ge=1)
     checkpoint_every: int = pydantic.Field(10, ge=1)
+
+    @pydantic.field_validator("fanouts")
+    @classmethod
+    def _fanouts(cls, fanouts: Optional[list[int]]) -> Optional[list[int]]:
+        if fanouts is not None and (not fanouts or any(f == 0 or f < -1 for f in fanouts)):
+            raise ValueError("one positive fan-out per GNN layer, or -1 for all neighbours")
+        return fanouts
 
 
 class ModelConfig(pydantic.BaseModel):
@@ -85,14 +141,16 @@ class ModelConfig(pydantic.BaseModel):
 
 
 class MethodConfig(pydantic.BaseModel):
-    """``name`` plus that method's own constants (checked against its Params)."""
+    """A recipe: ``terms: {label: weight | {name?, weight?, **constants}}``, or ``name`` (a
+    method's paper recipe) plus that method's constants; see :mod:`dglkd.methods.recipe`."""
 
     model_config = pydantic.ConfigDict(extra="allow")
 
-    name: str = "kd"
-
-    def params(self) -> dict[str, Any]:
+    def raw(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    def spec(self, key: str = "method") -> dict[str, TermSpec]:
+        return recipe_spec(self.raw(), key)
 
 
 class LogConfig(Strict):
@@ -111,12 +169,16 @@ class Config(Strict):
     data: DataConfig = DataConfig()
     teacher: ModelConfig = ModelConfig(model="gcn")
     student: ModelConfig = ModelConfig(model="mlp")
-    method: MethodConfig = MethodConfig()
+    imports: list[str] = []
+    method: MethodConfig = MethodConfig(name="kd")
     train: TrainConfig = TrainConfig()
     teacher_train: TrainConfig = TrainConfig()
     baseline: bool = True
     compare: dict[str, MethodConfig] = {}
     cache_dir: Optional[str] = None
+    # Mini-batch graphs: the teacher's soft labels are stored memory-mapped in the cache;
+    # float16 halves the files.
+    soft_label_dtype: Literal["float32", "float16"] = "float32"
     log: LogConfig = LogConfig()
 
     @pydantic.field_validator("device")
@@ -134,7 +196,28 @@ class Config(Strict):
         return [self.seed + i for i in range(self.n_runs)]
 
 
-def _check_names(config: Config) -> None:
+def import_modules(modules: list[str], key: str = "imports") -> None:
+    """Import a user's modules (their ``register_method`` calls run) from the current
+    folder or the installed packages."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except DglkdError:
+            raise
+        except Exception as exc:  # the user's module: name it and its first problem
+            raise DglkdError(f"{key}: cannot import {module!r}: {type(exc).__name__}: "
+                             f"{exc}") from None
+
+
+def model_depth(spec: ModelConfig) -> int:
+    """The number of layers a graph model of this spec has (its option or default)."""
+    default = inspect.signature(MODELS.get(spec.model)).parameters.get("layers")
+    return int(spec.options().get("layers", default.default if default else 0))
+
+
+def _check_models(config: Config) -> None:
     for side in ("teacher", "student"):
         spec: ModelConfig = getattr(config, side)
         MODELS.get(spec.model, key=f"{side}.model")
@@ -143,9 +226,36 @@ def _check_names(config: Config) -> None:
             if option not in allowed:
                 raise DglkdError(f"{side}.{option}: unknown option for model {spec.model!r}; "
                                  f"allowed: model, {', '.join(allowed)}")
-    parse_params(config.method.name, config.method.params())
+
+
+def _check_training(config: Config) -> None:
+    for key, side in (("teacher_train", "teacher"), ("train", "student")):
+        train: TrainConfig = getattr(config, key)
+        spec: ModelConfig = getattr(config, side)
+        if config.data.is_image and train.fanouts is not None:
+            raise DglkdError(f"{key}.fanouts: only graph datasets sample neighbours "
+                             f"(data.name is {config.data.name!r})")
+        if train.fanouts is not None and train.batch_size is None:
+            raise DglkdError(f"{key}.fanouts: set {key}.batch_size too (seed nodes per "
+                             "batch); without it training is full-batch")
+        graph_model = spec.model in ("gcn", "gat", "sage")
+        if graph_model and train.fanouts is not None and len(train.fanouts) != model_depth(spec):
+            raise DglkdError(f"{key}.fanouts: {len(train.fanouts)} fan-outs for a "
+                             f"{model_depth(spec)}-layer {spec.model} ({side}.layers); give "
+                             "one per layer")
+
+
+def _check_data(config: Config) -> None:
+    allowed = DATA_KEYS[data_family(config.data.name)]
+    for key in sorted(config.data.model_fields_set - allowed):
+        raise DglkdError(f"data.{key}: does not apply to dataset {config.data.name!r}; "
+                         f"its keys: {', '.join(sorted(allowed))}")
+
+
+def _check_methods(config: Config) -> None:
+    check_recipe(config.method.raw(), "method")
     for label, variant in config.compare.items():
-        parse_params(variant.name, variant.params(), key=f"compare.{label}")
+        check_recipe(variant.raw(), f"compare.{label}")
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -153,7 +263,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         config = Config(**raw)
     except pydantic.ValidationError as exc:
         raise DglkdError(describe_validation_error(exc, allowed=_allowed_at(exc))) from None
-    _check_names(config)
+    import_modules(config.imports)
+    _check_data(config)
+    _check_models(config)
+    _check_training(config)
+    _check_methods(config)
     return config
 
 
@@ -201,13 +315,18 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not file.is_file():
         raise DglkdError(f"config file not found: {file}")
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
         raise DglkdError(f"{file}{where}: not valid YAML") from None
+    # An empty file would otherwise run the default recipe, which nobody asked for.
+    if raw is None or raw == {}:
+        raise DglkdError(f"{file}: empty (no keys); write the experiment's keys, e.g. "
+                         "those of configs/cora_gcn_glnn.yaml")
     if not isinstance(raw, dict):
-        raise DglkdError(f"{file}: the top level must be a mapping of keys")
+        raise DglkdError(f"{file}: the top level must be a mapping of keys, not a "
+                         f"{type(raw).__name__}")
     raw.setdefault("name", file.stem)
     return raw
 
@@ -218,4 +337,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
 
 
 def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML that loads back to the same config (data: its own keys only)."""
+    raw = config.model_dump(mode="json")
+    raw["data"] = config.data.applicable()
+    return yaml.safe_dump(raw, sort_keys=False)

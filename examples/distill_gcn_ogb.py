@@ -1,7 +1,8 @@
 """Distill a GCN teacher into an MLP on an OGB node-property dataset, in your own loop.
 
-dglkd is used only as a plugin here: the loops are plain PyTorch/DGL; dglkd builds the
-distillation loss by name and returns its named terms.
+dglkd is used only as a plugin here: the loops are plain PyTorch/DGL; dglkd loads the
+dataset and builds the distillation objective (``dglkd.compose``), which returns its named,
+weighted terms.
 
     python examples/distill_gcn_ogb.py --dataset ogbn-arxiv --root data/ogb
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import dglkd
-from dglkd.data.ogb import load_ogb
+import dglkd.data
 from dglkd.models import build_model
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
-    task = load_ogb(args.dataset, args.root)
+    task = dglkd.data.load(args.dataset, root=args.root)
     graph = dgl.add_self_loop(task.graph).to(args.device)
     feat, labels, train = graph.ndata["feat"], graph.ndata["label"], graph.ndata["train_mask"]
 
@@ -60,14 +61,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with torch.no_grad():
         teacher_logits = teacher(graph, feat)  # soft labels for every node, computed once
 
-    # 2. Student: an MLP on node features alone, trained with dglkd's GLNN loss.
+    # 2. Student: an MLP on node features alone, trained with dglkd's GLNN objective
+    #    (λ = 0: the KL to the teacher's soft labels on every node).
     student = build_model("mlp", task.num_classes, task.num_features, hidden=256, layers=3,
                           dropout=0.2, norm="batch").to(args.device)
-    glnn = dglkd.build_method("glnn", task.num_classes, lam=0.0)
+    glnn = dglkd.compose(glnn={"lam": 0.0}, context=task.num_classes)
 
     def distill_loss(out: torch.Tensor) -> torch.Tensor:
-        terms = glnn(dglkd.Knowledge(out), dglkd.Knowledge(teacher_logits),
-                     labels=labels, label_mask=train)
+        terms = glnn(out, teacher_logits, labels=labels, label_mask=train)  # {"glnn.kd": ...}
         return sum(terms.values())
 
     fit(student, graph, feat, distill_loss, args.epochs, 0.01)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dglkd
 from dglkd.methods import DistillBatch, Knowledge, MethodContext, build_method
+from dglkd.methods.recipe import build_recipe, recipe_spec
 
 T = 0.5
 # Five dataset instances of classes [0, 1, 0, 1, 2]; the batch holds instances 4, 0, 1.
@@ -26,8 +28,7 @@ def context(n=5, labels=LABELS, dim=2, classes=3, teacher_dim=None):
 
 
 def tiny_crd(**params):
-    options = dict(embed_dim=2, nce_temperature=T, ce_weight=0.0, crd_weight=1.0,
-                   num_negatives=64)
+    options = dict(embed_dim=2, nce_temperature=T, num_negatives=64)
     options.update(params)
     method = build_method("crd", context(), **options)
     with torch.no_grad():
@@ -47,10 +48,14 @@ def nce(anchor, positive, negatives):
 def test_defaults_follow_the_authors():
     method = build_method("crd", context())
     p = method.params
-    assert (p.crd_weight, p.kd_weight, p.ce_weight) == (0.8, 0.0, 1.0)
     assert (p.momentum, p.nce_temperature, p.num_negatives, p.embed_dim) == (0.5, 0.07, 16384, 128)
-    assert str(method) == "crd: loss = 1.0*ce + 0.8*crd"
+    assert str(method) == "crd: loss = 1*crd"
     assert method.required_features() == (["pool"], ["pool"])
+    # The authors' recipe: β = 0.8 next to CE, no KD (α = 0).
+    recipe = build_recipe(recipe_spec({"name": "crd"}), context())
+    assert recipe.term_weights() == {"ce": 1.0, "crd": 0.8}
+    assert str(recipe) == "ce+crd: loss = 1*ce + 0.8*crd"
+    assert recipe.required_features() == (["pool"], ["pool"])
 
 
 def test_loss_matches_hand_computation_and_memory_moves_with_momentum():
@@ -82,10 +87,11 @@ def test_evaluation_leaves_the_memory_alone():
 
 
 def test_gradients_reach_the_student_and_both_embeds_not_the_teacher():
-    method = tiny_crd(ce_weight=1.0, kd_weight=1.0)
+    method = tiny_crd()
+    recipe = dglkd.compose(ce=1.0, kd=1.0, crd=(1.0, method), context=3)  # "CRD+KD"
     fs, ft = FS.clone().requires_grad_(), FT.clone().requires_grad_()
     logits_t = torch.randn(3, 3, requires_grad=True)
-    terms = method(Knowledge(torch.randn(3, 3), {"pool": fs}), Knowledge(logits_t, {"pool": ft}),
+    terms = recipe(Knowledge(torch.randn(3, 3), {"pool": fs}), Knowledge(logits_t, {"pool": ft}),
                    labels=LABELS[INDEX], index=INDEX)
     assert set(terms) == {"ce", "kd", "crd"}
     sum(terms.values()).backward()
@@ -120,8 +126,9 @@ def test_training_lowers_the_crd_loss(negatives, one_thread):
     torch.manual_seed(0)
     x, y, teacher_feat = structured_data()
     student = nn.Sequential(nn.Linear(20, 16), nn.ReLU())
-    method = build_method("crd", context(len(x), y, 16, 10, teacher_dim=32), ce_weight=0.0,
-                          embed_dim=16, num_negatives=128, negatives=negatives)
+    method = dglkd.compose(crd={"weight": 0.8, "embed_dim": 16, "num_negatives": 128,
+                                "negatives": negatives},
+                           context=context(len(x), y, 16, 10, teacher_dim=32))
     optimizer = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=0.01)
     losses = []
     for _ in range(6):

@@ -6,7 +6,7 @@ import sys
 from tests.conftest import REPO
 
 
-def test_hkd_image_batches_example_on_bundled_mnist():
+def test_hkd_image_batches_example_on_bundled_mnist(one_thread):
     sys.path.insert(0, str(REPO / "examples"))
     import hkd_image_batches
 

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dglkd
 from dglkd.errors import DglkdError
 from dglkd.methods import DistillBatch, Knowledge, MethodContext, build_method
+from dglkd.methods.recipe import build_recipe, recipe_spec
 
 # Four instances, classes [0, 0, 1, 1]; unit-length 2-d features, so z = feature when the
 # embeds are the identity.
@@ -33,8 +35,7 @@ def context(num_instances=0, labels=None, dim=2, classes=3):
 
 
 def small_hkd(**params):
-    options = dict(embed_dim=2, k=2, nce_temperature=T, ce_weight=0.0, kd_weight=0.0,
-                   hkd_weight=1.0, negatives="batch")
+    options = dict(embed_dim=2, k=2, nce_temperature=T, negatives="batch")
     options.update(params)
     method = build_method("hkd", context(options.pop("num_instances", 0),
                                          options.pop("labels", None)), **options)
@@ -129,16 +130,23 @@ def random_batch(b=16, classes=5, dim=12, seed=0, n=100):
 
 def memory_hkd(n=100, classes=5, dim=12, **params):
     labels = torch.arange(n) % classes
-    options = dict(embed_dim=8, k=4, num_negatives=32, ce_weight=0.0)
+    options = dict(embed_dim=8, k=4, num_negatives=32)
     options.update(params)
     return build_method("hkd", context(n, labels, dim, classes), **options)
 
 
 def test_gradients_reach_student_and_method_modules_never_the_teacher():
-    method = memory_hkd(ce_weight=1.0)
+    # HKD+KD, the paper's recipe: ce + kd + 3·hkd, HKD's constants given to HKD alone.
+    n, classes, dim = 100, 5, 12
+    recipe = build_recipe(recipe_spec({"name": "hkd", "embed_dim": 8, "k": 4,
+                                       "num_negatives": 32}),
+                          context(n, torch.arange(n) % classes, dim, classes))
+    assert recipe.term_weights() == {"ce": 1.0, "kd": 1.0, "hkd": 3.0}
+    method = recipe.members["hkd"]
+    assert (method.params.embed_dim, method.params.k) == (8, 4)
     student, teacher, index, labels = random_batch()
-    terms = method(student, teacher, labels=labels[index], index=index)
-    assert method.term_names() == ["ce", "kd", "hkd"]
+    terms = recipe(student, teacher, labels=labels[index], index=index)
+    assert list(terms) == ["ce", "kd", "hkd"]
     sum(terms.values()).backward()
     assert student.feats["pool"].grad.abs().sum() > 0
     assert student.logits.grad.abs().sum() > 0
@@ -257,6 +265,7 @@ def test_required_features_name_what_is_read():
         ({"positive_mix": 1.5}, 10, "positive_mix"),
         ({"encoder": "gin"}, 10, "encoder"),
         ({"momentun": 0.9}, 10, "momentun"),
+        ({"kd_weight": 1.0}, 10, "kd_weight"),  # KD is a method of its own in a recipe
     ],
 )
 def test_bad_configuration_raises_one_line(params, num_instances, message):
@@ -309,10 +318,10 @@ def test_training_lowers_the_hkd_loss_on_digits(negatives, one_thread):
     with torch.no_grad():
         teacher_knowledge = teacher(x)
     student = MLP(16)
-    method = build_method(
-        "hkd",
-        MethodContext(10, len(x), {"pool": (16,)}, {"pool": (32,)}, instance_labels=y),
-        ce_weight=0.0, kd_weight=0.0, embed_dim=32, num_negatives=256, negatives=negatives,
+    method = dglkd.compose(
+        hkd={"weight": 3.0, "embed_dim": 32, "num_negatives": 256, "negatives": negatives},
+        context=MethodContext(10, len(x), {"pool": (16,)}, {"pool": (32,)},
+                              instance_labels=y),
     )
     optimizer = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=0.005)
     losses = []

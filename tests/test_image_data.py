@@ -224,15 +224,21 @@ def test_augment_outputs_are_crops_of_the_padded_image():
     assert 4 <= flips <= 28  # about half are flipped
 
 
-def test_minibatches_cover_the_split_with_task_indices(mnist):
+def test_minibatches_cover_the_split_with_split_positions(mnist):
+    # index = each image's position in its split: the memory-bank row of a training image
+    split = mnist.splits["val"]
     gen = torch.Generator().manual_seed(0)
     batches = list(iterate_minibatches(mnist, "val", 300, shuffle=True, generator=gen))
     assert [len(b[2]) for b in batches] == [300, 300, 300, 100]
     index = torch.cat([b[2] for b in batches])
-    assert torch.equal(index.sort().values, mnist.splits["val"])
-    assert not torch.equal(index, mnist.splits["val"])
+    assert torch.equal(index.sort().values, torch.arange(len(split)))
+    assert not torch.equal(index, torch.arange(len(split)))
     images, labels, idx = batches[0]
-    assert torch.equal(images, mnist.images[idx]) and torch.equal(labels, mnist.labels[idx])
+    assert torch.equal(images, mnist.images[split[idx]])
+    assert torch.equal(labels, mnist.labels[split[idx]])
+    in_order = list(iterate_minibatches(mnist, "val", 300))
+    assert torch.equal(torch.cat([b[2] for b in in_order]), torch.arange(len(split)))
+    assert torch.equal(torch.cat([b[0] for b in in_order]), mnist.images[split])
     dropped = list(iterate_minibatches(mnist, "val", 300, drop_last=True, device="cpu"))
     assert len(dropped) == 3
 
@@ -241,7 +247,7 @@ def test_minibatches_augment_when_asked(mnist):
     gen = torch.Generator().manual_seed(0)
     images, _, idx = next(iterate_minibatches(mnist, "train", 64, generator=gen, augment=True))
     assert images.shape == (64, 1, 28, 28)
-    assert not torch.equal(images, mnist.images[idx])
+    assert not torch.equal(images, mnist.images[mnist.splits["train"][idx]])
     # Crops are padded with the normalised value of a black pixel, not with zeros.
     assert images.min().item() == pytest.approx(mnist.info["pad_fill"][0])
     with pytest.raises(DglkdError, match="split 'dev'.*allowed: train, val, test"):

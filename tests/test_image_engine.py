@@ -17,10 +17,11 @@ import torch
 from dglkd.config import load_config
 from dglkd.data.images import BUNDLED_MNIST, IDX_IMAGES, IDX_LABELS, read_idx
 from dglkd.engine.image import ImageBackend
-from dglkd.engine.loop import KILL_ENV, fit
+from dglkd.engine.loop import fit
 from dglkd.engine.run import Experiment
+from dglkd.engine.step import make_phase, pretrain
 from dglkd.errors import DglkdError
-from dglkd.methods import DistillMethod, Knowledge, MethodContext
+from dglkd.methods import DistillMethod, Knowledge, MethodContext, Recipe, compose
 from dglkd.methods.base import DistillBatch, MethodParams
 from dglkd.methods.kd import KD, KDParams
 
@@ -76,6 +77,7 @@ def test_distill_on_mnist_writes_results_and_caches_the_teacher(mnist_root, tmp_
     results = Experiment.create(config, tmp_path / "runs", say=lambda _msg: None).distill()
 
     assert torch.get_num_threads() == threads
+    assert results["method"] == "ce+kd" and results["formula"] == "loss = 1*ce + 1*kd"
     assert results["teacher"]["model"] == "cnn_small" and results["student"]["model"] == "cnn_tiny"
     assert results["teacher"]["params"] > 10 * results["student"]["params"]
     for role in ("teacher", "baseline", "student"):
@@ -105,10 +107,9 @@ def test_distill_on_mnist_writes_results_and_caches_the_teacher(mnist_root, tmp_
 
 def run_cli(*args: str, kill_after: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DGLBACKEND": "pytorch", "OMP_NUM_THREADS": "1"}
-    env.pop(KILL_ENV, None)
-    if kill_after:
-        env[KILL_ENV] = kill_after
-    return subprocess.run([sys.executable, "-m", "dglkd", *args], cwd=ROOT, env=env,
+    launcher = (["-m", "dglkd"] if kill_after is None
+                else [str(ROOT / "tests" / "kill_after.py"), kill_after])
+    return subprocess.run([sys.executable, *launcher, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -190,7 +191,13 @@ def test_recipes_load_and_run_on_cpu_by_default(name):
             assert (train.milestones, train.gamma, train.weight_decay) == ([150, 180, 210],
                                                                           0.1, 5e-4)
         assert config.teacher_train.lr == 0.05
-        assert config.method.params()["kd_weight"] == (1.0 if name.endswith("_kd") else 0.0)
+        spec = config.method.spec()
+        weights = {label: member.weight for label, member in spec.items()}
+        # HKD+KD adds the KD term (T = 4) to CE + 3·HKD; plain HKD has none.
+        assert weights == ({"ce": 1.0, "kd": 1.0, "hkd": 3.0} if name.endswith("_kd")
+                           else {"ce": 1.0, "hkd": 3.0})
+        if name.endswith("_kd"):
+            assert spec["kd"].params == {"temperature": 4.0}
 
 
 # ------------------------------------------------------------------------ projector hook
@@ -221,18 +228,28 @@ def small_backend(mnist_root: Path, *overrides: str) -> ImageBackend:
     return backend
 
 
+def embedding_kd(backend: ImageBackend, student, teacher) -> Recipe:
+    """CE + a KD whose embeddings are the student's logits (logged as ``kd.student_logits``)."""
+    context = backend.method_context(student, teacher)
+    return compose(ce=1.0, kd=EmbeddingKD(KDParams(), context), context=context)
+
+
 def test_projector_writes_a_methods_embeddings_of_validation_images(mnist_root, tmp_path):
     backend = small_backend(mnist_root, "train.epochs=1")
     torch.manual_seed(0)
     teacher = backend.new_model(backend.config.teacher, "teacher")
     student = backend.new_model(backend.config.student, "student")
-    method = EmbeddingKD(KDParams(), backend.method_context(student, teacher))
-    phase = backend.phase("student_seed0", student, method,
-                          backend.teacher_knowledge(teacher, method), backend.config.train, {})
+    objective = embedding_kd(backend, student, teacher)
+    cfg, generator = backend.config.train, backend.generator()
+    knowledge = backend.teacher_knowledge(teacher, objective)
+    phase = make_phase("student_seed0", student, objective,
+                       backend.batches(student, cfg, knowledge, generator), cfg,
+                       lambda: backend.evaluate(student), teacher=teacher, generator=generator,
+                       on_end=backend.projector(student, objective, teacher))
     fit(phase, tmp_path, tmp_path / "tb", show_progress=False)
 
-    subdirs = list((tmp_path / "tb").glob("*/student_logits"))
-    assert len(subdirs) == 1 and 'tensor_name: "student_logits:' in (
+    subdirs = list((tmp_path / "tb").glob("*/kd.student_logits"))
+    assert len(subdirs) == 1 and 'tensor_name: "kd.student_logits:' in (
         tmp_path / "tb" / "projector_config.pbtxt").read_text()
     labels = (subdirs[0] / "metadata.tsv").read_text().split()
     assert labels == [str(y) for y in backend.images("val", 64)[1].tolist()]
@@ -242,8 +259,9 @@ def test_projector_writes_a_methods_embeddings_of_validation_images(mnist_root, 
 def test_projector_can_be_switched_off(mnist_root):
     backend = small_backend(mnist_root, "log.embedding_projector=false")
     student = backend.new_model(backend.config.student, "student")
-    method = EmbeddingKD(KDParams(), backend.method_context(student, None))
-    assert backend.projector(student, method, None) is None
+    teacher = backend.new_model(backend.config.teacher, "teacher")
+    objective = embedding_kd(backend, student, teacher)
+    assert backend.projector(student, objective, teacher) is None
 
 
 # --------------------------------------------------------------------- backend details
@@ -281,12 +299,17 @@ def test_pretraining_stage_is_seeded_and_trains_only_the_method(mnist_root, tmp_
     torch.manual_seed(0)
     teacher = backend.new_model(backend.config.teacher, "teacher")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = backend.config.train
     stages = []
     for _ in range(2):
         torch.manual_seed(1)
         method = TeacherProbe(backend.method_context(teacher, teacher))
+        objective = compose(ce=1.0, probe=method, context=method.context)
+        assert objective.pretrain_epochs() == 2
         start = method.map.weight.detach().clone()
-        backend.pretrain(method, teacher, tmp_path, "student_seed0")
+        # As the engine runs a first stage: batches ordered by the run's seed.
+        pretrain(objective, backend.batches(teacher, cfg, None, backend.generator()),
+                 teacher, cfg)
         assert method.frozen and not method.map.weight.requires_grad
         assert not torch.equal(method.map.weight, start)
         stages.append(method.map.weight.detach())
@@ -313,7 +336,6 @@ def test_context_probes_shapes_and_counts_training_images(mnist_root):
 def test_batch_size_must_fit_the_training_split(mnist_root, batch_size):
     backend = small_backend(mnist_root)
     model = backend.new_model(backend.config.student, "student")
-    method = KD(KDParams(), backend.method_context(model, None))
     cfg = backend.config.train.model_copy(update={"batch_size": batch_size})
     with pytest.raises(DglkdError, match="batch_size"):
-        backend.phase("baseline_seed0", model, method, None, cfg, {})
+        backend.batches(model, cfg, None, backend.generator())

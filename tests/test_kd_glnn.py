@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dglkd
 from dglkd import Knowledge, build_method
@@ -16,13 +17,13 @@ def test_kd_matches_a_hand_computation():
     e = [math.exp(1.5), math.exp(1.0), math.exp(0.5)]
     p0, p2 = e[0] / sum(e), e[2] / sum(e)
     expected = 4 * (p0 - p2) * 1.0
-    kd = build_method("kd", 3, kd_temperature=2.0, ce_weight=0.0)
+    kd = build_method("kd", 3, temperature=2.0)
     student = torch.tensor([[1.0, 2.0, 3.0], [0.3, 0.2, 0.1]])
     teacher = torch.tensor([[3.0, 2.0, 1.0], [0.3, 0.2, 0.1]])
     terms = kd(Knowledge(student), Knowledge(teacher))
     assert set(terms) == {"kd"}
     assert terms["kd"].item() == pytest.approx(expected / 2, rel=1e-5)  # mean over 2 rows
-    assert str(kd) == "kd: loss = 1.0*kd"
+    assert str(kd) == "kd: loss = 1*kd"
 
 
 def test_glnn_weights_and_masks_by_hand():
@@ -47,8 +48,10 @@ def test_glnn_weights_and_masks_by_hand():
 def test_teacher_gets_no_gradient():
     teacher_logits = torch.randn(4, 3, requires_grad=True)
     student_logits = torch.randn(4, 3, requires_grad=True)
-    terms = build_method("kd", 3)(Knowledge(student_logits), Knowledge(teacher_logits),
-                                  labels=torch.tensor([0, 1, 2, 0]))
+    objective = dglkd.compose(ce=1.0, kd=1.0, context=3)  # KD's paper recipe
+    terms = objective(Knowledge(student_logits), Knowledge(teacher_logits),
+                      labels=torch.tensor([0, 1, 2, 0]))
+    assert set(terms) == {"ce", "kd"}
     sum(terms.values()).backward()
     assert teacher_logits.grad is None and student_logits.grad is not None
 
@@ -57,10 +60,38 @@ def test_method_needs_what_it_uses():
     with pytest.raises(dglkd.DglkdError, match="needs the teacher"):
         build_method("kd", 3)(Knowledge(torch.randn(2, 3)))
     with pytest.raises(dglkd.DglkdError, match="needs labels"):
-        build_method("kd", 3)(Knowledge(torch.randn(2, 3)), Knowledge(torch.randn(2, 3)))
+        build_method("glnn", 3, lam=0.5)(Knowledge(torch.randn(2, 3)),
+                                          Knowledge(torch.randn(2, 3)))
+    # In a recipe, the member that uses them asks for them.
+    objective = dglkd.compose(ce=1.0, kd=1.0, context=3)
+    with pytest.raises(dglkd.DglkdError, match="needs the teacher"):
+        objective(Knowledge(torch.randn(2, 3)), labels=torch.tensor([0, 1]))
+    with pytest.raises(dglkd.DglkdError, match="needs labels"):
+        objective(Knowledge(torch.randn(2, 3)), Knowledge(torch.randn(2, 3)))
+    # KD alone reads no labels; CE alone needs no teacher.
+    assert set(build_method("kd", 3)(torch.randn(2, 3), torch.randn(2, 3))) == {"kd"}
+    assert set(build_method("ce", 3)(torch.randn(2, 3), labels=torch.tensor([0, 1]))) == {"ce"}
 
 
-@pytest.mark.parametrize("name, params", [("kd", {"ce_weight": 0.0}), ("glnn", {})])
+def test_recipe_is_the_weighted_sum_of_its_methods():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    objective = dglkd.compose(ce=1.0, kd={"weight": 0.5, "temperature": 2.0}, context=3)
+    terms = objective(Knowledge(student), Knowledge(teacher), labels=labels)
+    assert set(terms) == {"ce", "kd"}
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(student, labels).item())
+    kd = build_method("kd", 3, temperature=2.0)(Knowledge(student), Knowledge(teacher))["kd"]
+    assert terms["kd"].item() == pytest.approx(0.5 * kd.item())
+    assert str(objective) == "ce+kd: loss = 1*ce + 0.5*kd"
+    # GLNN's two terms are logged under its label.
+    glnn = dglkd.compose(glnn={"lam": 0.25}, context=3)
+    assert list(glnn(Knowledge(student), Knowledge(teacher), labels=labels)) == ["glnn.ce",
+                                                                                 "glnn.kd"]
+    assert glnn.formula() == "loss = 0.25*glnn.ce + 0.75*glnn.kd"
+
+
+@pytest.mark.parametrize("name, params", [("kd", {}), ("glnn", {})])
 def test_training_lowers_the_distillation_loss(name, params):
     torch.manual_seed(0)
     x = torch.randn(256, 16)

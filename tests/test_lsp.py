@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import dglkd
 from dglkd.errors import DglkdError
 from dglkd.graphs import knn_instance_graph, union_graph
 from dglkd.methods import Knowledge, MethodContext, build_method
@@ -27,7 +28,7 @@ def _knowledge(feat: torch.Tensor, classes: int = 3) -> Knowledge:
 
 
 def _lsp(**params) -> nn.Module:
-    return build_method("lsp", MethodContext(num_classes=3), ce_weight=0.0, **params)
+    return build_method("lsp", MethodContext(num_classes=3), **params)
 
 
 def test_l1_kernel_matches_hand_computation():
@@ -35,7 +36,10 @@ def test_l1_kernel_matches_hand_computation():
     graph = _graph([1, 2, 0], [0, 0, 1], 3)
     teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # L1 distances to 0: 1, 2
     student = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])  # L1 distances to 0: 2, 1
-    terms = _lsp(l1_scale=1.0)(_knowledge(student), _knowledge(teacher), graph=graph)
+    # the paper's normalised kernel, averaged over nodes with in-neighbours (the authors'
+    # defaults are checked by hand in test_authors_defaults_match_hand_computation)
+    terms = _lsp(l1_scale=1.0, kernel_as_logit=False, average_over="with_neighbours")(
+        _knowledge(student), _knowledge(teacher), graph=graph)
     # teacher: softmax(-1, -2) = (a, b); student: (b, a); KL = (a - b) log(a / b) = a - b.
     a = 1 / (1 + math.exp(-1))
     b = 1 - a
@@ -75,7 +79,8 @@ def _reference(graph: dgl.DGLGraph, s: torch.Tensor, t: torch.Tensor, p: LSPPara
         zt, zs = sum(math.exp(v) for v in lt), sum(math.exp(v) for v in ls)
         pt, ps = [math.exp(v) / zt for v in lt], [math.exp(v) / zs for v in ls]
         kls.append(sum(a * math.log(a / b) for a, b in zip(pt, ps)))
-    return sum(kls) / len(kls)
+    # average_over "all": nodes without in-neighbours count, with KL 0
+    return sum(kls) / (len(kls) if p.average_over == "with_neighbours" else graph.num_nodes())
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -121,7 +126,9 @@ def test_far_apart_features_do_not_underflow_to_nan():
     graph = _graph([1, 2], [0, 0], 3)
     student = torch.tensor([[0.0], [1e4], [0.0]], requires_grad=True)
     teacher = torch.tensor([[0.0], [0.0], [1e4]])
-    loss = _lsp(kernel="rbf")(_knowledge(student), _knowledge(teacher), graph=graph)["lsp"]
+    # the log-domain kernel (as a logit, exp(−γ·1e8) is 0 for both and the KL vanishes)
+    method = _lsp(kernel="rbf", kernel_as_logit=False)
+    loss = method(_knowledge(student), _knowledge(teacher), graph=graph)["lsp"]
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 1e6 and torch.isfinite(student.grad).all()
 
@@ -133,7 +140,8 @@ def test_distill_mask_restricts_the_mean():
     full = method(_knowledge(s), _knowledge(t), graph=graph)["lsp"]
     only0 = method(_knowledge(s), _knowledge(t), graph=graph,
                    distill_mask=torch.tensor([True, False, False]))["lsp"]
-    assert only0.item() == pytest.approx(2 * full.item())  # node 1 contributed 0
+    # averaged over all 3 nodes; nodes 1 (one neighbour) and 2 (none) contribute 0
+    assert only0.item() == pytest.approx(3 * full.item())
 
 
 def test_gat_shaped_features_are_flattened():
@@ -150,12 +158,14 @@ def test_teacher_gets_no_gradient_student_does():
     graph = dgl.rand_graph(10, 40)
     x = torch.randn(10, 6)
     teacher, student = nn.Linear(6, 8), nn.Linear(6, 4)
-    method = _lsp(kernel="rbf", kd_weight=1.0)
-    loss = sum(method(
+    method = dglkd.compose(ce=1.0, kd=1.0, lsp={"kernel": "rbf"}, context=3)  # LSP+KD
+    terms = method(
         Knowledge(student(x)[:, :3], {"hidden": student(x)}),
         Knowledge(teacher(x)[:, :3], {"hidden": teacher(x)}),
-        graph=graph,
-    ).values())
+        graph=graph, labels=torch.arange(10) % 3,
+    )
+    assert set(terms) == {"ce", "kd", "lsp"}
+    loss = sum(terms.values())
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
@@ -207,3 +217,37 @@ def test_training_a_student_lowers_the_loss(kernel):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# -- the authors' defaults (issue 10) ---------------------------------------------------------
+def test_authors_defaults_match_hand_computation():
+    # the graph of test_l1_kernel_matches_hand_computation; defaults: kernel value as logit,
+    # mean over all 3 nodes (node 1's single neighbour and node 2's none both give KL 0)
+    graph = _graph([1, 2, 0], [0, 0, 1], 3)
+    teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # L1 distances to 0: 1, 2
+    student = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])  # L1 distances to 0: 2, 1
+    method = _lsp(l1_scale=1.0)
+    assert method.params.kernel_as_logit and method.params.average_over == "all"
+    terms = method(_knowledge(student), _knowledge(teacher), graph=graph)
+    d = math.exp(-1) - math.exp(-2)  # the logit gap exp(−1) − exp(−2)
+    a = 1 / (1 + math.exp(-d))
+    b = 1 - a
+    node0 = a * math.log(a / b) + b * math.log(b / a)
+    assert terms["lsp"].item() == pytest.approx(node0 / 3, rel=1e-6)
+    only_with = _lsp(l1_scale=1.0, average_over="with_neighbours")
+    value = only_with(_knowledge(student), _knowledge(teacher), graph=graph)["lsp"]
+    assert value.item() == pytest.approx(node0 / 2, rel=1e-6)
+
+
+def test_bad_average_over_is_a_one_line_error():
+    with pytest.raises(DglkdError, match="average_over"):
+        _lsp(average_over="some")
+
+
+def test_ppi_recipe_config_loads_with_its_schedule():
+    from dglkd.config import read_yaml
+    from dglkd.methods.recipe import check_recipe
+
+    raw = read_yaml("configs/ppi_gat_lsp.yaml")
+    spec = check_recipe(raw["method"])
+    assert spec["lsp"].schedule.until == 30 and raw["train"]["epochs"] == 500

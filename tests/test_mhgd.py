@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import dglkd
 from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, MethodContext, build_method
 from dglkd.methods.mhgd import (
@@ -195,7 +196,7 @@ def test_stage1_trains_the_attention_modules_only():
 
 
 def test_stage2_freezes_the_modules_and_trains_the_student():
-    teacher, student, images, method = _setup(seed=1, mhgd_weight=1.0, ce_weight=0.0)
+    teacher, student, images, method = _setup(seed=1)
     with torch.no_grad():
         t_knowledge = teacher(images)
     _pretrain(method, t_knowledge, 20)
@@ -218,9 +219,12 @@ def test_stage2_freezes_the_modules_and_trains_the_student():
 
 
 def test_stage2_gradients_reach_student_and_channel_maps_not_teacher_or_modules():
-    teacher, student, images, method = _setup(kd_weight=1.0)
-    method.end_pretraining()
-    terms = method(student(images), teacher(images), labels=torch.randint(0, 5, (16,)))
+    teacher, student, images, method = _setup()
+    recipe = dglkd.compose(ce=1.0, kd=1.0, mhgd=method, context=5)  # "MHGD+KD"
+    assert recipe.pretrain_epochs() == 40  # the recipe runs MHGD's first stage
+    recipe.end_pretraining()
+    assert bool(method.frozen)
+    terms = recipe(student(images), teacher(images), labels=torch.randint(0, 5, (16,)))
     assert set(terms) == {"ce", "kd", "mhgd"}
     sum(terms.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -252,3 +256,124 @@ def test_stage_lists_of_different_length_are_a_one_line_error():
         _setup(teacher_stages=["stage1", "stage3"])
     with pytest.raises(DglkdError, match="stages"):
         _setup(stages=["stage1"])
+
+
+# -- the authors' per-variable clip with its ramp (issue 10) ------------------------------------
+def test_per_variable_clip_with_ramp_matches_hand_computation():
+    _, _, _, method = _setup(clip_ramp_start=2)
+    assert method.params.clip == "per_variable" and method.params.reduction == "sum"
+    own = [torch.tensor([3.0, 4.0]), torch.tensor([[0.3], [0.4]]), torch.tensor([1.0])]
+    other = [torch.tensor([0.0, 2.0]), torch.tensor([[6.0], [8.0]]), None]
+    ramp = 1 / (1 + math.exp(-(3 - 2)))  # epoch 3, ramp start 2: sigmoid(1)
+    clipped = method.clip_gradient(own, other, epoch=3)
+    # variable 1: ‖own‖ = 5 > 2·ramp → scaled to norm 2·ramp; variable 2: 0.5 < 10·ramp
+    assert torch.allclose(clipped[0], own[0] * (2 * ramp / 5))
+    assert torch.allclose(clipped[0].norm(), torch.tensor(2 * ramp))
+    assert torch.equal(clipped[1], own[1])
+    assert torch.equal(clipped[2], own[2])  # the rest does not reach it: left alone
+    at_start = method.clip_gradient(own, other, epoch=2)  # sigmoid(0) = 1/2
+    assert torch.allclose(at_start[0].norm(), torch.tensor(1.0))
+    zero = method.clip_gradient(own[:1], [torch.zeros(2)], epoch=2)
+    assert torch.equal(zero[0], torch.zeros(2))
+
+
+def test_recipe_backward_clips_mhgd_per_student_variable():
+    teacher, student, images, method = _setup(seed=2, clip_ramp_start=1)
+    method.end_pretraining()
+    recipe = dglkd.compose(ce=1.0, mhgd=method, context=5)
+    recipe.set_epoch(1)  # ramp sigmoid(0) = 1/2
+    labels = torch.randint(0, 5, (16,))
+    with torch.no_grad():
+        t_knowledge = teacher(images)
+    params = list(student.parameters())
+    # by hand: the two gradients separately, the MHGD one clipped per variable
+    terms = recipe(student(images), t_knowledge, labels=labels)
+    g_ce = torch.autograd.grad(terms["ce"], params, retain_graph=True)
+    g_mhgd = torch.autograd.grad(terms["mhgd"], params, allow_unused=True)
+    expected = []
+    for ce, own in zip(g_ce, g_mhgd):
+        own = torch.zeros_like(ce) if own is None else own
+        limit = 0.5 * ce.norm()
+        expected.append(ce + own * min(1.0, (limit / own.norm()).item() if own.norm() > 0
+                                       else 1.0))
+    assert any(g is not None and g.norm() > 0.5 * c.norm() for g, c in zip(g_mhgd, g_ce))
+    student.zero_grad()
+    terms = recipe(student(images), t_knowledge, labels=labels)
+    recipe.backward(terms, student)
+    for param, want in zip(params, expected):
+        assert torch.allclose(param.grad, want, rtol=1e-4, atol=1e-6)
+    maps = [m for m in method.student_maps if not isinstance(m, nn.Identity)]
+    assert all(m.weight.grad is not None for m in maps)  # its own modules: plain gradient
+
+
+def test_clip_options_and_first_stage_optimizer():
+    _, _, _, none = _setup(clip="none")
+    _, _, _, fmap = _setup(clip="feature_map")
+    assert not none.has_gradient_rule() and not fmap.has_gradient_rule()
+    _, _, _, method = _setup()
+    assert method.pretrain_optimizer() == {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+                                           "weight_decay": 5e-4, "schedule": "none"}
+    recipe = dglkd.compose(ce=1.0, mhgd=method, context=5)
+    assert recipe.pretrain_optimizer()["optimizer"] == "sgd"
+    _, _, _, same = _setup(pretrain_optimizer="same")
+    assert same.pretrain_optimizer() == {}
+    with pytest.raises(DglkdError, match="clip"):
+        _setup(clip="global")
+
+
+def _digits_cnn(widths: tuple[int, int, int], classes: int = 10) -> nn.Module:
+    """TinyCNN on 1×8×8 digits."""
+    net = TinyCNN(widths)
+    net.stages[0][0] = nn.Conv2d(1, widths[0], 3, padding=1)
+    net.fc = nn.Linear(widths[2], classes)
+    return net
+
+
+def test_training_on_digits_lowers_the_mhgd_term_and_learns():
+    # real data (scikit-learn's 8×8 digits): a briefly trained teacher, stage 1, then
+    # ce + mhgd with the authors' clip through Recipe.backward
+    from dglkd.data import load
+
+    task = load("digits", train_size=512, val_size=100, seed=0)
+    train = task.splits["train"]
+    x, y = task.images[train], task.labels[train]
+    torch.manual_seed(0)
+    teacher, student = _digits_cnn((8, 16, 32)), _digits_cnn((4, 8, 16))
+    opt = torch.optim.Adam(teacher.parameters(), lr=0.01)
+    for _ in range(3):
+        for i in range(0, len(x), 64):
+            loss = nn.functional.cross_entropy(teacher(x[i:i + 64]).logits, y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    teacher.eval()
+    with torch.no_grad():
+        shapes = {side: {k: tuple(v.shape[1:]) for k, v in net(x[:2]).feats.items()}
+                  for side, net in (("teacher", teacher), ("student", student))}
+    context = MethodContext(10, student_shapes=shapes["student"], teacher_shapes=shapes["teacher"])
+    recipe = dglkd.compose(ce=1.0, mhgd={"heads": 4}, context=context)
+    with torch.no_grad():
+        t_all = teacher(x)
+    _pretrain(recipe.members["mhgd"], t_all, 30)
+    recipe.end_pretraining()
+    params = [*student.parameters(), *[p for p in recipe.parameters() if p.requires_grad]]
+    opt = torch.optim.Adam(params, lr=0.01)
+    per_epoch = []
+    for epoch in range(4):
+        recipe.set_epoch(epoch)
+        recipe.train()
+        seen = []
+        for i in range(0, len(x), 64):
+            terms = recipe(student(x[i:i + 64]), t_all.rows(slice(i, i + 64)),
+                           labels=y[i:i + 64])
+            opt.zero_grad()
+            recipe.backward(terms, student)
+            opt.step()
+            seen.append(terms["mhgd"].item())
+        per_epoch.append(sum(seen) / len(seen))
+    assert per_epoch[-1] < 0.9 * per_epoch[0]
+    test = task.splits["test"]
+    student.eval()
+    with torch.no_grad():
+        acc = (student(task.images[test]).logits.argmax(1) == task.labels[test]).float().mean()
+    assert acc > 0.5  # chance is 0.1

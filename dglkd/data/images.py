@@ -6,7 +6,7 @@
 
 Images are held in memory, normalised, as float (N, C, H, W); iterating over them with
 :func:`iterate_minibatches` is faster than a DataLoader for sets this size and yields every
-sample's index into the task (memory banks need it).
+sample's position in its split (the row a memory bank keeps for a training image).
 """
 from __future__ import annotations
 
@@ -417,8 +417,10 @@ def iterate_minibatches(
     device: torch.device | str | None = None,
     drop_last: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Minibatches ``(images, labels, index)`` of one split, ``index`` being each sample's
-    index into ``task.images``.
+    """Minibatches ``(images, labels, index)`` of one split, ``index`` being each image's
+    position in the split: for the training split, exactly the row a memory bank keeps
+    for it (``dglkd.context_for(..., labels=task.labels[task.splits["train"]])``). The
+    image itself is ``task.images[task.splits[split][index]]``.
 
     ``shuffle`` and augmentation draw from ``generator``; ``augment=None`` follows
     ``task.augment`` (crops padded with ``task.info["pad_fill"]``, flips if ``task.flip``).
@@ -431,22 +433,24 @@ def iterate_minibatches(
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DglkdError(f"batch_size must be a positive int, got {batch_size!r}")
-    index = task.splits[split]
+    split_index = task.splits[split]
+    positions = torch.arange(len(split_index), device=split_index.device)
     if shuffle:
         draw_on = generator.device if generator is not None else torch.device("cpu")
-        perm = torch.randperm(len(index), generator=generator, device=draw_on)
-        index = index[perm.to(index.device)]
+        perm = torch.randperm(len(split_index), generator=generator, device=draw_on)
+        positions = perm.to(split_index.device)
     augment = task.augment if augment is None else augment
     device = task.images.device if device is None else torch.device(device)
-    stop = len(index) - (len(index) % batch_size if drop_last else 0)
+    stop = len(positions) - (len(positions) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
-        idx = index[start: start + batch_size].to(task.images.device)
+        chunk = positions[start: start + batch_size]
+        idx = split_index[chunk].to(task.images.device)
         images = task.images[idx].to(device, non_blocking=True)
         labels = task.labels[idx].to(device, non_blocking=True)
         if augment:
             images = augment_batch(images, task.crop_padding, task.flip, generator,
                                    task.info.get("pad_fill", 0.0))
-        yield images, labels, idx.to(device)
+        yield images, labels, chunk.to(device)
 
 
 __all__ = [

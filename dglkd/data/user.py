@@ -31,7 +31,16 @@ def _features(graph: dgl.DGLGraph, name: str) -> Tensor:
         raise DglkdError(f"graph {name!r}: ndata['feat'] has shape {tuple(feat.shape)}; need (num_nodes, num_features)")
     if feat.is_complex() or feat.dtype == torch.bool:
         raise DglkdError(f"graph {name!r}: ndata['feat'] has dtype {feat.dtype}; need a real number type")
-    return feat.float()
+    feat = feat.float()
+    finite = torch.isfinite(feat).all(dim=1)
+    if not bool(finite.all()):
+        # A NaN or inf feature turns every loss into NaN: training would end "normally"
+        # with meaningless accuracies.
+        bad = (~finite).nonzero().view(-1)
+        raise DglkdError(f"graph {name!r}: ndata['feat'] has NaN or infinite values on "
+                         f"{bad.numel()} nodes (first: node {int(bad[0])}); fill or drop "
+                         "them before loading")
+    return feat
 
 
 def _labels(graph: dgl.DGLGraph, name: str) -> Tensor:
@@ -56,6 +65,31 @@ def _mask(graph: dgl.DGLGraph, key: str, name: str) -> Tensor:
     return mask.bool()
 
 
+def _check_labels(label: Tensor, masks: dict[str, Tensor], name: str,
+                  num_classes: int | None) -> int:
+    """The number of classes; every train/val/test label must lie in ``[0, num_classes)``.
+
+    Without ``num_classes`` the classes are those the training labels reach
+    (``max + 1``): a validation or test node whose class never occurs in training (a
+    typo such as 99 among 0..6) is an error instead of silently adding classes that the
+    model could never learn. Pass ``num_classes`` to allow such classes deliberately.
+    """
+    labelled = label[masks["train_mask"] | masks["val_mask"] | masks["test_mask"]]
+    if num_classes is None:
+        num_classes = int(label[masks["train_mask"]].max()) + 1
+        source = "the classes of the training nodes"
+    else:
+        source = f"num_classes={num_classes}"
+    outside = (labelled < 0) | (labelled >= num_classes)
+    if bool(outside.any()):
+        values = labelled[outside]
+        raise DglkdError(
+            f"graph {name!r}: ndata['label'] of {int(outside.sum())} train/val/test nodes "
+            f"lies outside [0, {num_classes}) ({source}; found {int(values.min())}.."
+            f"{int(values.max())}); class ids are 0..{num_classes - 1}")
+    return num_classes
+
+
 def from_dgl_graph(graph: dgl.DGLGraph, name: str = "user", num_classes: int | None = None) -> GraphTask:
     """Check a user's homogeneous DGLGraph and wrap it as a task (the graph is copied
     shallowly, so the caller's ndata is left as it was)."""
@@ -68,14 +102,7 @@ def from_dgl_graph(graph: dgl.DGLGraph, name: str = "user", num_classes: int | N
     masks = {key: _mask(graph, key, name) for key in MASKS}
     if not bool(masks["train_mask"].any()):
         raise DglkdError(f"graph {name!r}: ndata['train_mask'] selects no node")
-    labelled = label[masks["train_mask"] | masks["val_mask"] | masks["test_mask"]]
-    if labelled.numel() and int(labelled.min()) < 0:
-        raise DglkdError(f"graph {name!r}: ndata['label'] is negative on a train/val/test node; labels are class ids >= 0")
-    seen = int(labelled.max()) + 1 if labelled.numel() else 0
-    if num_classes is None:
-        num_classes = seen
-    elif seen > num_classes:
-        raise DglkdError(f"graph {name!r}: ndata['label'] holds class {seen - 1} but num_classes={num_classes}")
+    num_classes = _check_labels(label, masks, name, num_classes)
     graph.ndata["feat"], graph.ndata["label"] = feat, label
     graph.ndata.update(masks)
     return GraphTask(name=name, graph=graph, num_classes=int(num_classes), info={"source": "user graph"})

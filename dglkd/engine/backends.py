@@ -1,73 +1,126 @@
-"""What differs between graph tasks and image tasks, behind one small interface."""
+"""What differs between graph tasks and image tasks, behind one small interface: how a
+task is loaded, how its models are built and evaluated, and how its batches are made.
+The training step itself is the same for both (:mod:`dglkd.engine.step`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig
-from dglkd.engine.graph import GraphData, graph_phase, inference_ms, inference_targets
-from dglkd.engine.loop import Phase
+from dglkd.engine.graph import GraphData, inference_ms, inference_targets, minibatches
+from dglkd.engine.parallel import barrier, is_main
+from dglkd.engine.step import Batch
 from dglkd.engine.tasks import load_task
-from dglkd.errors import DglkdError
-from dglkd.methods import DistillMethod, MethodContext
+from dglkd.methods import Knowledge, MethodContext, Recipe
 from dglkd.models import build_model
 
 INFERENCE_TARGETS = 1024
 
 
 class Backend(Protocol):
+    # Where the current teacher's soft labels live (set by the experiment with the cache).
+    teacher_store: Path | None
+
     def load(self, seed: int) -> None: ...
     def new_model(self, spec: ModelConfig, role: str) -> nn.Module: ...
     def cache_logits(self, model: nn.Module) -> Tensor: ...
     def method_context(self, student: nn.Module, teacher: nn.Module | None) -> MethodContext: ...
-    def teacher_knowledge(self, teacher: nn.Module, method: DistillMethod) -> Any: ...
-    def phase(self, name: str, model: nn.Module, method: DistillMethod, teacher: Any,
-              cfg: TrainConfig, hparams: dict[str, Any]) -> Phase: ...
-    def pretrain(self, method: DistillMethod, teacher: Any, run_dir: Path, name: str) -> None: ...
+    def teacher_knowledge(self, teacher: nn.Module, objective: Recipe) -> Any: ...
+    def generator(self) -> torch.Generator | None: ...
+    def batches(self, model: nn.Module, cfg: TrainConfig, teacher: Any,
+                generator: torch.Generator | None) -> Callable[[], Iterator[Batch]]: ...
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
     def inference(self, teacher: nn.Module, student: nn.Module, seed: int) -> dict[str, Any]: ...
+    def projector(self, model: nn.Module, objective: Recipe,
+                  teacher: nn.Module | None) -> Callable[[Path | None], None] | None: ...
 
 
 class GraphBackend:
-    """Full-graph node classification (Cora, OGB, npz, a user's graph)."""
+    """Node classification on one graph (Cora, OGB, npz, a user's graph).
 
-    def __init__(self, config: Config, device: torch.device) -> None:
+    A config whose ``train`` or ``teacher_train`` sets ``batch_size`` is a mini-batch
+    config: evaluation and the teacher's knowledge of every node are then computed layer
+    by layer over node batches of ``eval_batch_size``, never the whole graph at once.
+    """
+
+    def __init__(self, config: Config, device: torch.device,
+                 say: Callable[[str], None] = print) -> None:
         self.config = config
         self.device = device
+        self.say = say
+        self.seed = config.seed
         self.data: GraphData | None = None
+        self.teacher_store: Path | None = None
+        minibatch = config.train.batch_size or config.teacher_train.batch_size
+        self.eval_batch = config.train.eval_batch_size if minibatch else None
 
     def load(self, seed: int) -> None:
+        self.seed = seed
         self.data = GraphData(load_task(self.config.data, seed), self.device,
                               self.config.data.self_loop)
+        self.data.show_progress = self.config.log.progress
 
     def new_model(self, spec: ModelConfig, role: str) -> nn.Module:
         return build_model(spec.model, self.data.num_classes, self.data.task.num_features,
                            key=role, **spec.options()).to(self.device)
 
     def cache_logits(self, model: nn.Module) -> Tensor:
+        if self.eval_batch is not None:  # at scale a seeded sample of nodes identifies it
+            return self.data.sample_logits(model)
         return self.data.knowledge(model, []).logits
 
     def method_context(self, student: nn.Module, teacher: nn.Module | None) -> MethodContext:
-        knowledge = self.data.knowledge(teacher, []) if teacher is not None else None
-        return self.data.method_context(student, teacher, knowledge)
+        predictions = None
+        if self.eval_batch is not None and teacher is not None:
+            predictions = self._knowledge(teacher, []).predictions()
+        return self.data.method_context(student, teacher, predictions)
 
-    def teacher_knowledge(self, teacher: nn.Module, method: DistillMethod) -> Any:
-        # The teacher is frozen and full-batch: its knowledge is computed once per run.
-        return self.data.knowledge(teacher, method.required_features()[1])
+    def teacher_knowledge(self, teacher: nn.Module, objective: Recipe) -> Any:
+        # The teacher is frozen: its knowledge of every node is computed once per phase
+        # (at scale, once per cached teacher, into memory-mapped soft labels).
+        if not objective.needs_teacher:
+            return None
+        names = objective.required_features()[1]
+        if self.eval_batch is None:
+            return self.data.knowledge(teacher, names)
+        return self._knowledge(teacher, names)
 
-    def phase(self, name: str, model: nn.Module, method: DistillMethod, teacher: Any,
-              cfg: TrainConfig, hparams: dict[str, Any]) -> Phase:
-        return graph_phase(name, model, method, self.data, teacher, cfg, hparams)
+    def _knowledge(self, teacher: nn.Module, names: list[str]) -> Any:
+        # Computing it or reading it from the cache must leave the student's random
+        # stream alone, so a run from a warm cache ends exactly like a cold one.
+        with torch.random.fork_rng(devices=[]):
+            if not is_main():  # rank 0 writes the soft labels; the others read them
+                barrier()
+            knowledge = self._stored_or_computed(teacher, names)
+            if is_main():
+                barrier()
+            return knowledge
 
-    def pretrain(self, method: DistillMethod, teacher: Any, run_dir: Path, name: str) -> None:
-        raise DglkdError(f"method.name: {method.name!r} has a first stage on image batches "
-                         "(stage feature maps); it cannot run on a graph dataset")
+    def _stored_or_computed(self, teacher: nn.Module, names: list[str]) -> Any:
+        if self.teacher_store is None:
+            return self.data.knowledge(teacher, names, self.eval_batch)
+        folder = self.teacher_store.with_name(
+            f"{self.teacher_store.name}-{'+'.join(['logits', *names])}")
+        return self.data.stored_knowledge(teacher, names, folder, self.eval_batch,
+                                          self.config.soft_label_dtype, self.say)
+
+    def generator(self) -> torch.Generator:
+        # Orders node batches; saved in checkpoints so a resumed phase sees the same ones.
+        return torch.Generator().manual_seed(self.seed)
+
+    def batches(self, model: nn.Module, cfg: TrainConfig, teacher: Knowledge | None,
+                generator: torch.Generator) -> Callable[[], Iterator[Batch]]:
+        """The whole graph as one batch, or mini-batches when ``cfg.batch_size`` is set."""
+        if cfg.batch_size is not None:
+            return minibatches(self.data, model, cfg, teacher, generator)
+        batch = self.data.full_batch(teacher)
+        return lambda: iter([batch])
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return self.data.evaluate(model)
+        return self.data.evaluate(model, self.eval_batch)
 
     def inference(self, teacher: nn.Module, student: nn.Module, seed: int) -> dict[str, Any]:
         targets = inference_targets(self.data, INFERENCE_TARGETS, seed)
@@ -76,10 +129,19 @@ class GraphBackend:
         return {"targets": len(targets), "teacher_ms": teacher_ms, "student_ms": student_ms,
                 "speedup": teacher_ms / student_ms}
 
+    def projector(self, model: nn.Module, objective: Recipe,
+                  teacher: nn.Module | None) -> None:
+        return None
 
-def make_backend(config: Config, device: torch.device) -> Backend:
+
+def make_backend(config: Config, device: torch.device,
+                 say: Callable[[str], None] = print) -> Backend:
     if config.data.is_image:
         from dglkd.engine.image import ImageBackend
 
         return ImageBackend(config, device)
-    return GraphBackend(config, device)
+    if config.data.name == "dist":  # a partitioned graph served by DistDGL
+        from dglkd.engine.distgraph import DistGraphBackend
+
+        return DistGraphBackend(config, device, say)
+    return GraphBackend(config, device, say)

@@ -1,19 +1,22 @@
 """Teacher outputs as an artifact: cached under a key of (dataset, split, teacher, seed).
 
 An entry holds the trained teacher's weights, its logits over the training graph and its
-phase result. On load the key is compared field by field and the logits are recomputed
-from the weights and compared, so a stale or foreign file is never used silently.
+phase result. Beside it, ``teacher-<digest>.json`` (written last) records the entry's
+size and SHA-256: on load the bytes are checked against it before anything is unpickled,
+the key is compared field by field and the logits are recomputed from the weights and
+compared, so a stale, foreign or damaged file is never used silently.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from dglkd.engine.io import save_torch
+from dglkd.engine.io import (file_digest, load_torch_bytes, mismatch,
+                             remove_stray_tmp, save_torch, write_json)
 
 CACHE_VERSION = 1
 
@@ -33,24 +36,62 @@ class TeacherCache:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self._tidied = False
 
     def path(self, key: dict[str, Any]) -> Path:
         return self.folder / f"teacher-{digest(key)}.pt"
 
-    def load(self, key: dict[str, Any]) -> dict[str, Any] | None:
+    def soft_labels(self, key: dict[str, Any]) -> Path:
+        """Where the soft labels of this entry's teacher live (mini-batch graphs): the
+        entry's name plus the arrays stored, beside the entry."""
+        return self.folder / f"teacher-{digest(key)}.soft"
+
+    def record(self, key: dict[str, Any]) -> Path:
+        """The entry's size and SHA-256, written after the entry itself."""
+        return self.folder / f"teacher-{digest(key)}.json"
+
+    def load(self, key: dict[str, Any],
+             say: Callable[[str], None] = lambda _message: None) -> dict[str, Any] | None:
+        """The entry of ``key``; None (and, for a damaged one, a line to ``say``) when it
+        is absent, damaged or foreign."""
+        self._tidy()
         path = self.path(key)
         if not path.exists():
             return None
-        try:
-            entry = torch.load(path)
-        except Exception:  # a truncated or foreign file is a miss, not a crash
+        data, recorded = path.read_bytes(), self._recorded(key)
+        problem = (mismatch(data, recorded) if recorded is not None else
+                   f"its record {self.record(key).name} is missing or damaged")
+        if problem is None:
+            try:
+                entry = load_torch_bytes(data)
+            except Exception:  # recorded, yet unreadable: written by another torch
+                problem = "not readable by this torch"
+        if problem is not None:
+            say(f"teacher cache: {path}: {problem}; entry discarded, the teacher is "
+                "trained again from a fresh initialisation")
             return None
-        return entry if entry.get("key") == key else None
+        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+    def _recorded(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            recorded = json.loads(self.record(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # absent (an entry of an older dglkd) or damaged
+            return None
+        return recorded if isinstance(recorded, dict) else None
+
+    def _tidy(self) -> None:
+        """Once per cache object: drop the temp files a killed write left here."""
+        if not self._tidied and self.folder.is_dir():
+            remove_stray_tmp(self.folder)
+        self._tidied = True
 
     def save(self, key: dict[str, Any], state: dict[str, Any], logits: torch.Tensor,
              result: dict[str, Any]) -> Path:
-        return save_torch({"key": key, "state": state, "logits": logits.cpu(),
+        path = save_torch({"key": key, "state": state, "logits": logits.cpu(),
                            "result": result}, self.path(key))
+        # Written last: an entry killed before its record is a miss, never a half entry.
+        write_json(self.record(key), {"file": path.name, **file_digest(path)})
+        return path
 
 
 def matches(entry: dict[str, Any], logits: torch.Tensor, atol: float = 1e-4) -> bool:

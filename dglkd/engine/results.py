@@ -73,8 +73,9 @@ def comparison_markdown(results: dict[str, Any]) -> str:
              f"dataset `{results['dataset']}`, same teacher and seeds {results['seeds']} "
              "for every method", "", TABLE_HEAD[0].format(first="method"), TABLE_HEAD[1]]
     lines += [_row(label, row) for label, row in results["methods"].items()]
-    lines += ["", "Objectives:"] + [f"- {label}: `{row['formula']}`"
-                                    for label, row in results["methods"].items() if row["formula"]]
+    lines += ["", "Objectives and the constants each ran with:"] + [
+        f"- {label}: `{row['formula']}` — {_constants(row.get('constants', {}))}"
+        for label, row in results["methods"].items() if row["formula"]]
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +104,11 @@ def bar_chart(path: Path, results: dict[str, Any]) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _constants(members: dict[str, Any]) -> str:
+    return "; ".join(f"{label}: " + ", ".join(f"{k}={v}" for k, v in constants.items())
+                     for label, constants in members.items())
 
 
 def write_comparison(run_dir: Path, results: dict[str, Any]) -> str:

@@ -8,36 +8,59 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dglkd.config import Config, ModelConfig, dump_config, load_config
+from dglkd.config import Config, ModelConfig, TrainConfig, dump_config, load_config
 from dglkd.engine.backends import Backend, make_backend
 from dglkd.engine.cache import TeacherCache, matches, teacher_key
 from dglkd.engine.env import environment, resolve_device, seed_everything
-from dglkd.engine.io import new_run_dir, save_torch, write_json, write_text
+from dglkd.engine.io import (load_torch_bytes, new_run_dir, remove_stray_tmp, save_torch,
+                             track, verified_bytes, write_json, write_text)
 from dglkd.engine.loop import PhaseResult, fit
+from dglkd.engine.parallel import broadcast, is_main, local_device
 from dglkd.engine.results import summarize_role, write_comparison, write_results
+from dglkd.engine.step import make_phase, pretrain
 from dglkd.errors import DglkdError
-from dglkd.methods import DistillMethod, build_method
-from dglkd.methods.base import METHODS, parse_params
+from dglkd.methods import Recipe
+from dglkd.methods.base import METHODS
+from dglkd.methods.recipe import build_recipe, recipe_spec
 from dglkd.models import count_parameters
 
 Say = Callable[[str], None]
+TEACHER_RECIPE = {"terms": {"ce": 1.0}}
 
 
-def method_variants(config: Config, labels: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Methods to compare: entries of the config's ``compare`` section by label, or
-    registered method names with their default constants."""
+def method_variants(config: Config, labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Recipes to compare, by label: an entry of the config's ``compare`` section; the
+    config's own ``method`` (``method``, or the name it gives), with its constants; or a
+    registered method's paper recipe with default constants."""
+    own = config.method.raw()
     chosen = {}
     for label in labels:
         if label in config.compare:
-            chosen[label] = (config.compare[label].name, config.compare[label].params())
+            chosen[label] = config.compare[label].raw()
+        elif label == "method" or label == own.get("name"):
+            chosen[label] = own
         elif label in METHODS:
-            chosen[label] = (label, {})
+            chosen[label] = {"name": label}
         else:
-            allowed = ", ".join([*config.compare, *METHODS.names()])
+            allowed = ", ".join(["method", *config.compare, *METHODS.names()])
             raise DglkdError(f"--methods: unknown {label!r}; allowed: {allowed}")
     if not chosen:
         raise DglkdError("--methods: name at least one method, e.g. --methods ce,kd")
     return chosen
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The config a run folder was started with (its ``imports`` are imported again)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DglkdError(f"--resume {run_dir}: no config.yaml there (not a dglkd run folder)")
+    _, problem = verified_bytes(run_dir, run_dir / "config.yaml")
+    if problem is not None:
+        raise DglkdError(f"{run_dir / 'config.yaml'}: {problem}; the run cannot be resumed "
+                         "or evaluated with it; start a new run")
+    track(run_dir)  # later writes (checkpoints, models, results) go into its manifest
+    remove_stray_tmp(run_dir)
+    return load_config(run_dir / "config.yaml")
 
 
 class Experiment:
@@ -46,45 +69,64 @@ class Experiment:
     def __init__(self, config: Config, run_dir: Path, say: Say = print) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.say = say
-        self.device = resolve_device(config.device)
-        self.backend: Backend = make_backend(config, self.device)
+        # With several ranks, rank 0 speaks and writes for all of them.
+        self.say = say if is_main() else (lambda _message: None)
+        self.device = local_device(resolve_device(config.device))
+        self.backend: Backend = make_backend(config, self.device, say)
         self.cache = TeacherCache(config.cache_dir or run_dir.parent / "cache")
         self.formulas: dict[str, str] = {}
 
     # -- folders ---------------------------------------------------------------------
     @classmethod
     def create(cls, config: Config, out: str | Path, say: Say = print) -> "Experiment":
-        run_dir = new_run_dir(out, config.name)
         if config.cache_dir is None:
             config = config.model_copy(update={"cache_dir": str((Path(out) / "cache").resolve())})
-        write_text(run_dir / "config.yaml", dump_config(config))
-        write_json(run_dir / "environment.json",
-                   environment(resolve_device(config.device), config.seeds()))
-        say(f"run folder: {run_dir}")
-        return cls(config, run_dir, say)
+        run_dir = None
+        if is_main():
+            run_dir = new_run_dir(out, config.name)
+            write_text(run_dir / "config.yaml", dump_config(config))
+            write_json(run_dir / "environment.json",
+                       environment(resolve_device(config.device), config.seeds()))
+            say(f"run folder: {run_dir}")
+        return cls(config, broadcast(run_dir), say)
 
     @classmethod
     def resume(cls, run_dir: str | Path, say: Say = print) -> "Experiment":
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise DglkdError(f"--resume {run_dir}: no config.yaml there (not a dglkd run folder)")
         say(f"resuming {run_dir}")
-        return cls(load_config(run_dir / "config.yaml"), run_dir, say)
+        return cls(run_config(run_dir), Path(run_dir), say)
 
     def tb_dir(self, phase: str) -> Path | None:
         return self.run_dir / "tb" / phase if self.config.log.tensorboard else None
 
     # -- phases ------------------------------------------------------------------------
-    def _fit(self, phase_name: str, model: nn.Module, method: DistillMethod, teacher: Any,
-             train_cfg, side: ModelConfig) -> PhaseResult:
-        hparams = {"phase": phase_name, "model": side.model, "method": method.name,
-                   "formula": method.formula(), **side.options(),
-                   **{f"method.{k}": v for k, v in self.config.method.params().items()},
+    def objective(self, recipe: dict[str, Any], key: str, student: nn.Module,
+                  teacher: nn.Module | None) -> Recipe:
+        context = self.backend.method_context(student, teacher)
+        return build_recipe(recipe_spec(recipe, key), context, key).to(self.device)
+
+    def _fit(self, phase_name: str, model: nn.Module, objective: Recipe,
+             teacher: nn.Module | None, train_cfg: TrainConfig,
+             side: ModelConfig) -> PhaseResult:
+        """Train one phase (after the objective's first stage, if it has one)."""
+        hparams = {"phase": phase_name, "model": side.model, "method": objective.name,
+                   "formula": objective.formula(), **side.options(),
+                   **{f"method.{label}.{k}": v for label, constants in
+                      objective.constants().items() for k, v in constants.items()},
                    "epochs": train_cfg.epochs, "lr": train_cfg.lr}
-        if method.pretrain_epochs():
-            self.backend.pretrain(method, teacher, self.run_dir, phase_name)
-        phase = self.backend.phase(phase_name, model, method, teacher, train_cfg, hparams)
+        knowledge = self.backend.teacher_knowledge(teacher, objective) if teacher else None
+        generator = self.backend.generator()
+        batches = self.backend.batches(model, train_cfg, knowledge, generator)
+        if objective.pretrain_epochs():
+            if teacher is None:
+                raise DglkdError(f"method: {objective.name!r} has a first stage on the "
+                                 "teacher; it needs one")
+            pretrain(objective, self.backend.batches(model, self.config.train, knowledge,
+                                                     self.backend.generator()),
+                     teacher, self.config.train)
+        phase = make_phase(phase_name, model, objective, batches, train_cfg,
+                           lambda: self.backend.evaluate(model), teacher=teacher,
+                           generator=generator, hparams=hparams,
+                           on_end=self.backend.projector(model, objective, teacher))
         result = fit(phase, self.run_dir, self.tb_dir(phase_name), self.config.log.progress)
         self.say(f"  {phase_name}: best val {result.best['val_acc']:.4f} at epoch "
                  f"{result.best_epoch} → test {result.best['test_acc']:.4f} "
@@ -94,39 +136,45 @@ class Experiment:
     def teacher(self, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         """The trained teacher of this seed: from the cache when its key matches."""
         cfg = self.config
-        key = teacher_key(cfg.data.model_dump(mode="json"), cfg.teacher.model_dump(mode="json"),
+        key = teacher_key(cfg.data.applicable(), cfg.teacher.model_dump(mode="json"),
                           cfg.teacher_train.model_dump(mode="json"), seed)
         seed_everything(seed)
         model = self.backend.new_model(cfg.teacher, "teacher")
-        entry = self.cache.load(key)
+        self.backend.teacher_store = self.cache.soft_labels(key)
+        entry = self.cache.load(key, self.say)
         if entry is not None:
             model.load_state_dict(entry["state"])
             if matches(entry, self.backend.cache_logits(model)):
                 self.say(f"teacher seed {seed}: loaded from cache {self.cache.path(key)} "
                          "(no training)")
-                save_torch({"model": entry["state"]}, self.run_dir / "models" / f"teacher_seed{seed}.pt")
+                if is_main():
+                    save_torch({"model": entry["state"]},
+                               self.run_dir / "models" / f"teacher_seed{seed}.pt")
                 return model, entry["result"]
-            self.say(f"teacher seed {seed}: cache entry does not reproduce its outputs; retraining")
+            self.say(f"teacher seed {seed}: cache entry does not reproduce its outputs; "
+                     "retraining from a fresh initialisation")
+            seed_everything(seed)  # never from the entry's weights, just loaded above
+            model = self.backend.new_model(cfg.teacher, "teacher")
         self.say(f"teacher seed {seed}: training {cfg.teacher.model}")
-        method = build_method("ce", self.backend.method_context(model, None))
-        result = self._fit(f"teacher_seed{seed}", model, method, None, cfg.teacher_train,
+        objective = self.objective(TEACHER_RECIPE, "teacher", model, None)
+        result = self._fit(f"teacher_seed{seed}", model, objective, None, cfg.teacher_train,
                            cfg.teacher).summary()
-        self.cache.save(key, model.state_dict(), self.backend.cache_logits(model), result)
+        logits = self.backend.cache_logits(model)
+        if is_main():
+            self.cache.save(key, model.state_dict(), logits, result)
         return model, result
 
-    def student(self, role: str, seed: int, teacher: nn.Module, name: str,
-                params: dict[str, Any]) -> tuple[nn.Module, DistillMethod, dict]:
-        """Train a student named ``role`` with method ``name`` and its ``params``."""
+    def student(self, role: str, seed: int, teacher: nn.Module, recipe: dict[str, Any],
+                key: str = "method") -> tuple[nn.Module, Recipe, dict]:
+        """Train a student named ``role`` with the objective ``recipe`` (a config section)."""
         seed_everything(seed)
         model = self.backend.new_model(self.config.student, "student")
-        context = self.backend.method_context(model, teacher)
-        method = METHODS.get(name)(parse_params(name, params), context).to(self.device)
-        knowledge = self.backend.teacher_knowledge(teacher, method)
-        self.formulas[role] = method.formula()
-        self.say(f"{role} seed {seed}: {method}")
-        result = self._fit(f"{role}_seed{seed}", model, method, knowledge, self.config.train,
+        objective = self.objective(recipe, key, model, teacher)
+        self.formulas[role] = objective.formula()
+        self.say(f"{role} seed {seed}: {objective}")
+        result = self._fit(f"{role}_seed{seed}", model, objective, teacher, self.config.train,
                            self.config.student).summary()
-        return model, method, result
+        return model, objective, result
 
     # -- whole runs --------------------------------------------------------------------
     def train_teachers(self) -> dict[str, Any]:
@@ -147,9 +195,8 @@ class Experiment:
             self.backend.load(seed)
             models["teacher"], result = self.teacher(seed)
             roles["teacher"].append(result)
-            for role, (name, params) in self._student_roles().items():
-                models[role], _, result = self.student(role, seed, models["teacher"], name,
-                                                       params)
+            for role, recipe in self._student_roles().items():
+                models[role], _, result = self.student(role, seed, models["teacher"], recipe)
                 roles[role].append(result)
         results = self._header()
         for role, runs in roles.items():
@@ -160,43 +207,48 @@ class Experiment:
                                                       self.config.seed)
         return self._finish(results)
 
-    def _student_roles(self) -> dict[str, tuple[str, dict[str, Any]]]:
-        method = self.config.method
-        roles = {"baseline": ("ce", {})} if self.config.baseline else {}
-        return roles | {"student": (method.name, method.params())}
+    def _student_roles(self) -> dict[str, dict[str, Any]]:
+        roles = {"baseline": {"terms": {"ce": 1.0}}} if self.config.baseline else {}
+        return roles | {"student": self.config.method.raw()}
 
     def compare(self, labels: list[str]) -> dict[str, Any]:
         """Train the student with each method on the same teachers and seeds."""
         variants = method_variants(self.config, labels)
         runs: dict[str, list] = {"teacher": [], **{label: [] for label in variants}}
         params: dict[str, int] = {}
+        constants: dict[str, Any] = {}
         for seed in self.config.seeds():
             self.backend.load(seed)
             teacher, result = self.teacher(seed)
             runs["teacher"].append(result)
             params["teacher"] = count_parameters(teacher)
-            for label, (name, method_params) in variants.items():
-                student, method, result = self.student(label, seed, teacher, name, method_params)
+            for label, recipe in variants.items():
+                student, objective, result = self.student(label, seed, teacher, recipe,
+                                                          f"compare.{label}")
                 runs[label].append(result)
                 params[label] = count_parameters(student)
-                self.formulas[label] = method.formula()
+                constants[label] = objective.constants()
         rows = {label: summarize_role(self.config.teacher.model if label == "teacher"
                                       else self.config.student.model, params[label], seed_runs)
                 for label, seed_runs in runs.items()}
         for label, row in rows.items():
             row["formula"] = self.formulas.get(label, "")
+            row["constants"] = constants.get(label, {})
         results = {**self._header(), "methods": rows}
-        self.say(write_comparison(self.run_dir, results))
+        if is_main():
+            self.say(write_comparison(self.run_dir, results))
         return results
 
     def _header(self) -> dict[str, Any]:
         cfg = self.config
-        return {"name": cfg.name, "dataset": cfg.data.name, "method": cfg.method.name,
+        method = "+".join(recipe_spec(cfg.method.raw()))
+        return {"name": cfg.name, "dataset": cfg.data.name, "method": method,
                 "formula": self.formulas.get("student", ""), "n_runs": cfg.n_runs,
                 "seeds": cfg.seeds(), "run_dir": str(self.run_dir)}
 
     def _finish(self, results: dict[str, Any]) -> dict[str, Any]:
-        self.say(write_results(self.run_dir, results))
+        if is_main():
+            self.say(write_results(self.run_dir, results))
         return results
 
 
@@ -209,7 +261,11 @@ def evaluate_run(run_dir: str | Path, say: Say = print) -> dict[str, dict[str, f
         experiment.backend.load(int(seed))
         side = experiment.config.teacher if role == "teacher" else experiment.config.student
         model = experiment.backend.new_model(side, role)
-        model.load_state_dict(torch.load(file)["model"])
+        data, problem = verified_bytes(experiment.run_dir, file)
+        if problem is not None:
+            raise DglkdError(f"{file}: {problem}; not evaluated; resume the run (--resume "
+                             f"{experiment.run_dir}) to train that phase again")
+        model.load_state_dict(load_torch_bytes(data)["model"])
         scores[file.stem] = experiment.backend.evaluate(model)
     lines = ["| model | train acc | val acc | test acc |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {s['train_acc']:.4f} | {s['val_acc']:.4f} | {s['test_acc']:.4f} |"

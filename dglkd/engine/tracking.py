@@ -26,8 +26,8 @@ class PhaseLog:
               lr: float) -> None:
         if self.writer is None:
             return
-        for name, value in losses.items():
-            self.writer.add_scalar(f"loss/{name}", value, epoch)
+        for name, value in losses.items():  # "weight/x" stays itself, terms go under loss/
+            self.writer.add_scalar(name if "/" in name else f"loss/{name}", value, epoch)
         for name, value in metrics.items():
             self.writer.add_scalar(f"acc/{name.removesuffix('_acc')}", value, epoch)
         self.writer.add_scalar("lr", lr, epoch)

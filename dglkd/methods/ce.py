@@ -8,7 +8,7 @@ from dglkd.methods.base import DistillBatch, DistillMethod, MethodParams, regist
 
 
 class CEParams(MethodParams):
-    ce_weight: float = 1.0
+    """Cross-entropy has no constants."""
 
 
 @register_method("ce")

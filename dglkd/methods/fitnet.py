@@ -7,22 +7,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dglkd.errors import DglkdError
+import pydantic
+
 from dglkd.methods.base import (
     DistillBatch,
     DistillMethod,
     MethodContext,
+    MethodParams,
     register_method,
 )
-from dglkd.methods.kd import ResponseParams, response_terms
 
 
-class FitNetParams(ResponseParams):
+class FitNetParams(MethodParams):
     """Guided (student) and hint (teacher) features by name: ``hidden`` is the last hidden
     layer of our GNNs and MLPs; CNNs name ``stage1``..``stageN`` and ``pool``."""
 
-    student_feature: str = "hidden"
-    teacher_feature: str = "hidden"
-    hint_weight: float = 100.0
+    student_feature: str = pydantic.Field("hidden", description="the student's guided feature")
+    teacher_feature: str = pydantic.Field("hidden", description="the teacher's hint feature")
 
 
 def _is_map(shape: tuple[int, ...]) -> bool:
@@ -47,14 +48,15 @@ def hint_projection(student_shape: tuple[int, ...], teacher_shape: tuple[int, ..
 class FitNet(DistillMethod):
     """Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015.
 
-    ``loss = ce_weight·CE + kd_weight·KD + hint_weight·MSE(r(s), t)``: a learned regressor
+    ``fitnet = MSE(r(s), t)``: a learned regressor
     ``r`` (a 1×1 convolution between feature maps of one resolution, a Linear between
     vectors) maps the student's guided feature onto the teacher's hint, the MSE averaged over
     elements. Trained in one stage with the task loss (as in the CRD benchmark, where
-    ``hint_weight = 100``), not in the paper's two stages.
+    recipe is ``ce + 100·fitnet``), not in the paper's two stages.
     """
 
     Params = FitNetParams
+    paper_recipe = {"ce": 1.0, "fitnet": 100.0}
 
     def __init__(self, params: FitNetParams, context: MethodContext) -> None:
         super().__init__(params, context)
@@ -66,12 +68,9 @@ class FitNet(DistillMethod):
         return [self.params.student_feature], [self.params.teacher_feature]
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        terms = response_terms(self, batch)
-        if self.weight("hint"):
-            student = batch.distill_rows(batch.student.feat(self.params.student_feature))
-            teacher = batch.distill_rows(batch.teacher.feat(self.params.teacher_feature))
-            hint = self.projection(student)
-            target = teacher.reshape(hint.shape)
-            # an empty selection gives 0, not the NaN of a mean over nothing
-            terms["hint"] = F.mse_loss(hint, target) if len(hint) else hint.sum()
-        return terms
+        student = batch.distill_rows(batch.student.feat(self.params.student_feature))
+        teacher = batch.distill_rows(batch.teacher.feat(self.params.teacher_feature))
+        hint = self.projection(student)
+        target = teacher.reshape(hint.shape)
+        # an empty selection gives 0, not the NaN of a mean over nothing
+        return {"fitnet": F.mse_loss(hint, target) if len(hint) else hint.sum()}

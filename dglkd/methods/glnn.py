@@ -2,31 +2,41 @@
 from __future__ import annotations
 
 import pydantic
+import torch.nn.functional as F
+from torch import Tensor
 
-from dglkd.methods.base import MethodParams, register_method
-from dglkd.methods.kd import KD
+from dglkd.methods.base import DistillBatch, DistillMethod, MethodParams, register_method
+from dglkd.methods.kd import kd_term
 
 
 class GLNNParams(MethodParams):
-    lam: float = pydantic.Field(0.0, ge=0.0, le=1.0)
-    kd_temperature: float = 1.0
+    lam: float = pydantic.Field(0.0, ge=0.0, le=1.0,
+                                description="λ: the share of CE on the labels; 1 − λ goes "
+                                            "to the KL to the teacher")
+    temperature: float = pydantic.Field(1.0, gt=0,
+                                        description="softmax temperature of the KL term")
 
 
 @register_method("glnn")
-class GLNN(KD):
+class GLNN(DistillMethod):
     """Zhang et al., "Graph-less Neural Networks: Teaching Old MLPs New Tricks via
     Distillation", ICLR 2022.
 
     ``loss = λ·CE(labels on labelled nodes) + (1−λ)·KL(teacher ‖ student)`` with the KL over
     every node whose teacher output may be used (all nodes transductively, observed nodes
-    inductively): KD's two terms with weights tied by λ. The authors' released configs use
-    λ = 0 and T = 1 (``kd_temperature``). The student may be an MLP or any GNN.
+    inductively). The authors' released configs use λ = 0 and T = 1. The student may be
+    an MLP or any GNN; the recipe is GLNN alone.
     """
 
     Params = GLNNParams
 
-    def weight(self, term: str) -> float:
-        return {"ce": self.params.lam, "kd": 1.0 - self.params.lam}[term]
+    def term_weights(self) -> dict[str, float]:
+        return {"ce": self.params.lam, "kd": 1.0 - self.params.lam}
 
-    def term_names(self) -> list[str]:
-        return [t for t in ("ce", "kd") if self.weight(t)]
+    def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
+        terms = {}
+        if self.params.lam:
+            terms["ce"] = F.cross_entropy(*batch.labelled())
+        if self.params.lam < 1:
+            terms["kd"] = kd_term(batch, self.params.temperature)
+        return terms

@@ -23,20 +23,26 @@ from dglkd.methods.memory import (
 
 
 class HKDParams(ContrastiveParams):
-    hkd_weight: float = 3.0
-    momentum: float = 0.9
-    relation: Literal["knn", "native"] = "knn"
-    k: int = pydantic.Field(8, ge=1)
-    knn_feature: str = "logits"
-    knn_metric: Literal["cosine", "euclidean"] = "cosine"
-    knn_softmax: bool = True
-    knn_include_self: bool = True
-    encoder: Literal["tagconv", "graphconv", "sage", "gat"] = "tagconv"
-    encoder_hops: int = pydantic.Field(1, ge=1)
-    encoder_heads: int = pydantic.Field(1, ge=1)
-    graph_backend: Literal["auto", "dense", "dgl"] = "auto"
-    positive_mix: float = pydantic.Field(0.75, ge=0.0, le=1.0)
-    individual_positive_mix: float = pydantic.Field(1.0, ge=0.0, le=1.0)
+    momentum: float = pydantic.Field(0.9, ge=0.0, le=1.0, description="memory-bank momentum")
+    relation: Literal["knn", "native"] = pydantic.Field(
+        "knn", description="the instance graph: kNN over the batch, or the batch's own graph")
+    k: int = pydantic.Field(8, ge=1, description="neighbours per instance of the kNN graph")
+    knn_feature: str = pydantic.Field("logits", description="what the kNN graph is built on")
+    knn_metric: Literal["cosine", "euclidean"] = pydantic.Field(
+        "cosine", description="distance of the kNN graph")
+    knn_softmax: bool = pydantic.Field(True, description="softmax the kNN feature first")
+    knn_include_self: bool = pydantic.Field(True, description="an instance counts as one of "
+                                                              "its k neighbours")
+    encoder: Literal["tagconv", "graphconv", "sage", "gat"] = pydantic.Field(
+        "tagconv", description="the dgl.nn layer that makes holistic embeddings")
+    encoder_hops: int = pydantic.Field(1, ge=1, le=16, description="TAGConv hops")
+    encoder_heads: int = pydantic.Field(1, ge=1, le=64, description="GAT heads")
+    graph_backend: Literal["auto", "dense", "dgl"] = pydantic.Field(
+        "auto", description="kNN graph and encoder in pure torch (dense) or through DGL")
+    positive_mix: float = pydantic.Field(
+        0.75, ge=0.0, le=1.0, description="memory share of the graph term's positive")
+    individual_positive_mix: float = pydantic.Field(
+        1.0, ge=0.0, le=1.0, description="memory share of the individual term's positive")
 
 
 _CONVS: dict[str, Callable[[int, int, int], nn.Module]] = {
@@ -82,9 +88,9 @@ class HKD(ContrastiveDistill):
     softmax(logits), self counted, edges neighbour → node (``relation="native"`` uses the
     batch's own graph instead: all nodes of a graph as one batch); holistic knowledge
     ``h = normalise(GNN(graph, z))`` with one GNN per network (TAGConv K=1 by default,
-    run densely in pure torch unless ``graph_backend="dgl"``). Loss
-    ``ce_weight·CE + kd_weight·KD(T=4) + hkd_weight·L_HKD`` (β = 3; kd_weight = 0 gives
-    plain "HKD"), where ``L_HKD`` sums four InfoNCE terms (temperature 0.07): student →
+    run densely in pure torch unless ``graph_backend="dgl"``). The term ``hkd = L_HKD``;
+    the paper's recipe is ``ce + kd(T=4) + 3·hkd`` ("HKD+KD"; without ``kd`` it is plain
+    "HKD"). ``L_HKD`` sums four InfoNCE terms (temperature 0.07): student →
     teacher and teacher → student, on ``z`` and on ``h``; the ``h`` term is skipped when
     a kNN batch has fewer than k rows. As in the authors' code: the memory banks hold
     ``z`` (momentum 0.9); the positive of the ``z`` term is the other network's memory row
@@ -107,6 +113,7 @@ class HKD(ContrastiveDistill):
     """
 
     Params = HKDParams
+    paper_recipe = {"ce": 1.0, "kd": 1.0, "hkd": 3.0}
 
     def __init__(self, params: HKDParams, context: MethodContext) -> None:
         super().__init__(params, context)
@@ -134,10 +141,7 @@ class HKD(ContrastiveDistill):
         return student, teacher
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        terms = self.supervised_terms(batch)
-        if self.weight("hkd"):
-            terms["hkd"] = self.holistic_loss(batch)
-        return terms
+        return {"hkd": self.holistic_loss(batch)}
 
     def holistic_loss(self, batch: DistillBatch) -> Tensor:
         """``L_HKD``: the individual term plus (when it applies) the graph term."""

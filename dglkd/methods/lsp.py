@@ -18,8 +18,13 @@ from dgl.nn.functional import edge_softmax
 from torch import Tensor
 
 from dglkd.graphs import knn_instance_graph, union_graph
-from dglkd.methods.base import DistillBatch, DistillMethod, register_method, require_graph
-from dglkd.methods.kd import ResponseParams, response_terms
+from dglkd.methods.base import (
+    DistillBatch,
+    DistillMethod,
+    MethodParams,
+    register_method,
+    require_graph,
+)
 
 Kernel = Literal["l1", "linear", "poly", "rbf", "cosine"]
 
@@ -28,23 +33,30 @@ Kernel = Literal["l1", "linear", "poly", "rbf", "cosine"]
 L1_BLOCK = 1 << 14
 
 
-class LSPParams(ResponseParams):
+class LSPParams(MethodParams):
     """Features by name; the kernel and its constants; ``graph``: the batch's own graph or
     the union of both networks' ``k``-NN graphs (``knn_*`` as in dglkd.graphs)."""
 
-    student_feature: str = "hidden"
-    teacher_feature: str = "hidden"
-    lsp_weight: float = 1.0
-    kernel: Kernel = "l1"
-    l1_scale: float = pydantic.Field(100.0, gt=0)
-    rbf_gamma: float = pydantic.Field(1.0, gt=0)
-    poly_degree: int = pydantic.Field(2, ge=1)
-    poly_coef: float = 1.0
-    kernel_as_logit: bool = False
-    graph: Literal["native", "union_knn"] = "native"
-    k: int = pydantic.Field(8, ge=1)
-    knn_metric: Literal["cosine", "euclidean"] = "cosine"
-    knn_include_self: bool = False
+    student_feature: str = pydantic.Field("hidden", description="student feature (module "
+                                                                "path or alias)")
+    teacher_feature: str = pydantic.Field("hidden", description="teacher feature, likewise")
+    kernel: Kernel = pydantic.Field("l1", description="similarity kernel between neighbours")
+    l1_scale: float = pydantic.Field(100.0, gt=0, description="l1 kernel: exp(−‖·‖₁/scale)")
+    rbf_gamma: float = pydantic.Field(1.0, gt=0, description="rbf kernel: exp(−γ‖·‖²)")
+    poly_degree: int = pydantic.Field(2, ge=1, le=16, description="poly kernel degree d")
+    poly_coef: float = pydantic.Field(1.0, description="poly kernel constant c")
+    kernel_as_logit: bool = pydantic.Field(
+        True, description="softmax the kernel value itself (the authors' code, default) "
+                          "instead of its logarithm (the paper's normalised kernel)")
+    average_over: Literal["all", "with_neighbours"] = pydantic.Field(
+        "all", description="the KL's mean over all nodes (the authors'; a node without "
+                           "in-neighbours contributes 0) or over nodes with in-neighbours")
+    graph: Literal["native", "union_knn"] = pydantic.Field(
+        "native", description="the batch's own graph, or the union of both kNN graphs")
+    k: int = pydantic.Field(8, ge=1, description="neighbours of the kNN graphs")
+    knn_metric: Literal["cosine", "euclidean"] = pydantic.Field(
+        "cosine", description="distance of the kNN graphs")
+    knn_include_self: bool = pydantic.Field(False, description="self among the k neighbours")
 
 
 @dataclass
@@ -208,14 +220,17 @@ def local_structure_kl(
     graph: dgl.DGLGraph, student: Tensor, teacher: Tensor, params: LSPParams,
     node_mask: Tensor | None = None,
 ) -> Tensor:
-    """mean over nodes i (with in-edges, within ``node_mask``) of KL(S^t_i ‖ S^s_i), where
-    S_i = softmax over i's in-neighbours j of kernel(h_i, h_j)."""
+    """mean over nodes i (within ``node_mask``; only those with in-edges when
+    ``params.average_over`` is ``with_neighbours``) of KL(S^t_i ‖ S^s_i), where S_i =
+    softmax over i's in-neighbours j of kernel(h_i, h_j); a node without in-edges has
+    KL 0."""
     edges = EdgeIndex.of(graph)
     with torch.no_grad():
         p_teacher = edge_softmax(graph, edge_logits(edges, teacher.flatten(1), params))
     logits = edge_logits(edges, student.flatten(1), params)
     per_node = _InNeighbourKL.apply(logits, p_teacher, graph)
-    keep = graph.in_degrees() > 0
+    keep = (graph.in_degrees() > 0 if params.average_over == "with_neighbours"
+            else torch.ones(graph.num_nodes(), dtype=torch.bool, device=per_node.device))
     if node_mask is not None:
         keep = keep & node_mask
     return per_node[keep].mean() if bool(keep.any()) else per_node.sum() * 0.0
@@ -227,12 +242,18 @@ class LSP(DistillMethod):
 
     For every node i, a distribution over its in-neighbours j, S_i = softmax_j(kernel(h_i,
     h_j)), on the teacher's and on the student's features (widths may differ);
-    ``loss = ce_weight·CE + kd_weight·KD + lsp_weight·mean_i KL(S^t_i ‖ S^s_i)``, the mean
-    over nodes that have in-neighbours. Kernels: ``l1`` (the authors': exp(−‖h_i − h_j‖₁ /
-    l1_scale)), ``rbf`` exp(−γ‖h_i − h_j‖²), ``linear`` h_i·h_j, ``poly`` (h_i·h_j + c)^d,
-    ``cosine``. The distance kernels enter the softmax as their logarithm (S_i is then the
-    normalised kernel); ``kernel_as_logit`` feeds the kernel value itself, as the authors'
-    released code does (their edge_softmax runs over exp(−‖·‖₁/100)).
+    ``lsp = mean_i KL(S^t_i ‖ S^s_i)``; the paper's recipe is ``ce + lsp``. Kernels:
+    ``l1`` (the authors': exp(−‖h_i − h_j‖₁ / l1_scale)), ``rbf`` exp(−γ‖h_i − h_j‖²),
+    ``linear`` h_i·h_j, ``poly`` (h_i·h_j + c)^d, ``cosine``.
+
+    Defaults reproduce the authors' released code: ``kernel_as_logit: true`` feeds the
+    distance kernel's value itself to the softmax (their edge_softmax runs over
+    exp(−‖·‖₁/100)); ``false`` feeds its logarithm, so that S_i is the normalised kernel
+    as the paper writes it. ``average_over: all`` averages the KL over all nodes (within
+    the distill mask), a node without in-neighbours contributing 0, as their mean over
+    the graph's nodes does; ``with_neighbours`` averages over nodes that have some. The
+    authors distil for the first 30 of 500 epochs and train on CE alone afterwards: in a
+    recipe, ``lsp: {weight: w, schedule: {until: 30}}`` (configs/ppi_gat_lsp.yaml).
 
     The graph is ``batch.graph`` (``graph: native``) or, for image batches and other dynamic
     graphs (``graph: union_knn``), the union of the teacher's and the student's k-nearest-
@@ -240,15 +261,13 @@ class LSP(DistillMethod):
     """
 
     Params = LSPParams
+    paper_recipe = {"ce": 1.0, "lsp": 1.0}
 
     def required_features(self) -> tuple[list[str], list[str]]:
         return [self.params.student_feature], [self.params.teacher_feature]
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        terms = response_terms(self, batch)
-        if self.weight("lsp"):
-            terms["lsp"] = self._lsp(batch)
-        return terms
+        return {"lsp": self._lsp(batch)}
 
     def _lsp(self, batch: DistillBatch) -> Tensor:
         student = batch.student.feat(self.params.student_feature)

@@ -29,8 +29,8 @@ from dglkd.methods.base import (
     DistillMethod,
     Knowledge,
     MethodContext,
+    MethodParams,
 )
-from dglkd.methods.kd import ResponseParams, response_terms
 
 SIDES = ("student", "teacher")
 
@@ -86,8 +86,8 @@ class MemoryBank(nn.Module):
     def check(self, index: Tensor) -> None:
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise DglkdError(
-                f"index: dataset indices must lie in [0, {len(self)}) (context.num_instances), "
-                f"got {int(index.min())}..{int(index.max())}"
+                f"index: positions among the training instances must lie in [0, {len(self)}) "
+                f"(context.num_instances), got {int(index.min())}..{int(index.max())}"
             )
 
     @torch.no_grad()
@@ -199,23 +199,30 @@ class ContrastView:
         return len(self.labels)
 
 
-class ContrastiveParams(ResponseParams):
-    """Constants shared by CRD and HKD (each sets its own defaults and term weight)."""
+class ContrastiveParams(MethodParams):
+    """Constants shared by CRD and HKD (each sets its own defaults)."""
 
-    kd_weight: float = 1.0
-    kd_temperature: float = pydantic.Field(4.0, gt=0)
-    student_feature: str = "pool"
-    teacher_feature: str = "pool"
-    embed_dim: int = pydantic.Field(128, ge=1)
-    nce_temperature: float = pydantic.Field(0.07, gt=0)
-    negatives: Literal["memory", "batch"] = "memory"
-    negatives_from: Literal["other", "own"] = "other"
-    num_negatives: int = pydantic.Field(16384, ge=1)
-    momentum: float = pydantic.Field(0.5, ge=0.0, le=1.0)
+    student_feature: str = pydantic.Field(
+        "pool", description="student feature embedded for the contrast (module path or "
+                            "alias: pool for CNNs, hidden for GNNs/MLPs)")
+    teacher_feature: str = pydantic.Field("pool", description="the teacher's feature, likewise")
+    embed_dim: int = pydantic.Field(128, ge=1, le=65536,
+                                    description="width of the l2-normalised embeddings")
+    nce_temperature: float = pydantic.Field(0.07, gt=0, description="InfoNCE temperature")
+    negatives: Literal["memory", "batch"] = pydantic.Field(
+        "memory", description="negatives from a memory bank of every training instance, or "
+                              "from the batch's other-class rows (small data)")
+    negatives_from: Literal["other", "own"] = pydantic.Field(
+        "other", description="read an anchor's negatives from the other network's memory "
+                             "(CRD) or its own (the HKD authors' code)")
+    num_negatives: int = pydantic.Field(16384, ge=1, description="size of the shared pool "
+                                                                 "of negatives per batch")
+    momentum: float = pydantic.Field(0.5, ge=0.0, le=1.0,
+                                     description="memory-bank momentum")
 
 
 class ContrastiveDistill(DistillMethod):
-    """Base of CRD and HKD: embeddings, memory bank, negatives, and the CE/KD terms.
+    """Base of CRD and HKD: embeddings, memory bank and negatives.
 
     Subclasses add their contrastive term(s) in ``loss_terms`` with :meth:`view`,
     :meth:`targets` and :meth:`remember`.
@@ -245,9 +252,6 @@ class ContrastiveDistill(DistillMethod):
 
     def required_features(self) -> tuple[list[str], list[str]]:
         return [self.params.student_feature], [self.params.teacher_feature]
-
-    def supervised_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        return response_terms(self, batch)
 
     # -- the pieces a contrastive term is made of --------------------------------------
     def view(self, batch: DistillBatch) -> ContrastView:
@@ -295,8 +299,8 @@ class ContrastiveDistill(DistillMethod):
     def _memory_targets(self, view: ContrastView) -> ContrastTargets:
         if view.index is None:
             raise DglkdError(
-                f"method {self.name!r}: negatives='memory' needs the instances' dataset "
-                "indices (index=...); give them or use negatives='batch'"
+                f"method {self.name!r}: negatives='memory' needs the instances' positions "
+                "(index=...); give them or use negatives='batch'"
             )
         bank = self.bank
         bank.check(view.index)

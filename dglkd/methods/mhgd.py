@@ -3,7 +3,7 @@ built by attention between the singular vectors of consecutive stages."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import pydantic
 import torch
@@ -16,25 +16,47 @@ from dglkd.methods.base import (
     DistillMethod,
     Knowledge,
     MethodContext,
+    MethodParams,
     register_method,
 )
-from dglkd.methods.kd import ResponseParams, response_terms
 
 
-class MHGDParams(ResponseParams):
+class MHGDParams(MethodParams):
     """Stage features by name in order (a CNN's ``stage_names``); ``teacher_stages`` when the
     teacher's names differ (one per student stage)."""
 
-    stages: list[str] = pydantic.Field(["stage1", "stage2", "stage3"], min_length=2)
-    teacher_stages: list[str] | None = None
-    mhgd_weight: float = 1.0
-    heads: int = pydantic.Field(8, ge=1)
-    student_candidates: int = pydantic.Field(4, ge=1)
-    pretrain_epochs: int = pydantic.Field(40, ge=0)
-    drop_heads: bool = True
-    reduction: Literal["sum", "mean"] = "mean"
-    clip_to_task_gradient: bool = True
-    svd_eps: float = pydantic.Field(1e-3, gt=0)
+    stages: list[str] = pydantic.Field(["stage1", "stage2", "stage3"], min_length=2,
+                                       description="the student's stage features, in order")
+    teacher_stages: list[str] | None = pydantic.Field(
+        None, description="the teacher's stage features when their names differ")
+    heads: int = pydantic.Field(8, ge=1, le=64, description="attention heads per stage pair")
+    student_candidates: int = pydantic.Field(
+        4, ge=1, description="student singular vectors the best-aligned one is chosen from")
+    pretrain_epochs: int = pydantic.Field(40, ge=0, description="epochs of the first stage "
+                                                                "(attention on the teacher)")
+    drop_heads: bool = pydantic.Field(True, description="random head drop in the first stage")
+    reduction: Literal["sum", "mean"] = pydantic.Field(
+        "sum", description="graph KL summed over the batch's rows (the authors') or "
+                           "divided by the batch size")
+    clip: Literal["per_variable", "feature_map", "none"] = pydantic.Field(
+        "per_variable",
+        description="per_variable (the authors'): the term's gradient of each student "
+                    "parameter clipped to ‖rest of the loss's gradient‖·sigmoid(epoch − "
+                    "clip_ramp_start); feature_map: clipped at each stage map to the "
+                    "rest's norm there; none")
+    clip_ramp_start: int = pydantic.Field(
+        0, ge=0, le=100_000, description="epoch of the clip ramp's midpoint (the authors' "
+                                         "init_epoch: the first distillation epoch)")
+    pretrain_optimizer: Literal["sgd", "adam", "adamw", "same"] = pydantic.Field(
+        "sgd", description="optimizer of the first stage (the authors': SGD); same: the "
+                           "student's train optimizer")
+    pretrain_lr: float = pydantic.Field(0.1, gt=0, le=10.0,
+                                        description="first-stage learning rate (authors: 0.1)")
+    pretrain_momentum: float = pydantic.Field(0.9, ge=0, lt=1,
+                                              description="first-stage SGD momentum")
+    pretrain_weight_decay: float = pydantic.Field(
+        5e-4, ge=0, le=1.0, description="first-stage L2 on the attention weights")
+    svd_eps: float = pydantic.Field(1e-3, gt=0, description="eigenvalue gap guard of the SVD")
 
 
 # -- a singular value decomposition whose gradient stays finite --------------------------
@@ -222,10 +244,26 @@ class MHGD(DistillMethod):
     (``pretrain_epochs``): the modules learn, on the teacher alone, to predict each
     later-stage vector from the attention-weighted earlier ones (cosine loss, random head
     drop). Then they are frozen (BatchNorm on its running statistics) and
-    ``loss = ce_weight·CE + kd_weight·KD + mhgd_weight·Σ_pairs KL(G_s ‖ G_t)`` over heads
-    and rows of softmax(tanh(graph logits)). As the authors clip this term's gradient by
-    the CE gradient's norm, ``clip_to_task_gradient`` clips it, at each student stage map,
-    to the norm of the rest of the loss's gradient there (see ``clipped_branch``).
+    ``mhgd = Σ_pairs KL(G_s ‖ G_t)`` over heads and rows of softmax(tanh(graph logits));
+    the recipe is ``ce + mhgd``. The KL is summed over the batch's rows, as the authors do
+    (``reduction: sum``; ``mean`` divides by the batch size).
+
+    Gradient clip (``clip``). The authors clip, per student variable v, MHGD's gradient to
+    ‖g_CE(v)‖·sigmoid(epoch − init_epoch): ``per_variable`` (the default) does exactly
+    that through :meth:`Recipe.backward <dglkd.methods.recipe.Recipe.backward>`, which
+    hands :meth:`clip_gradient` the term's gradient and that of every other term of the
+    recipe (CE, and KD when present) per parameter; ``clip_ramp_start`` is init_epoch,
+    counted in distillation epochs (our first-stage epochs are not counted, so 0 puts
+    the ramp's midpoint on the first distillation epoch, as the authors' global count
+    does after their first stage). Without a recipe around it (the method called and
+    back-propagated alone) nothing is clipped. ``feature_map`` clips instead at each
+    student stage map, in a single backward pass, to the norm of the rest's gradient
+    there (see ``clipped_branch``); ``none`` leaves the gradient alone.
+
+    First stage optimiser: the authors train the attention modules for 40 epochs with
+    SGD (lr 0.1) and L2 on their weights; :meth:`pretrain_optimizer` tells the engine
+    (``pretrain_optimizer``, ``pretrain_lr``, ``pretrain_momentum``,
+    ``pretrain_weight_decay``; ``same`` keeps the student's optimizer).
 
     The student's vectors must live in the teacher's channel space: where a student stage
     has another channel count, a learned 1×1 convolution (Linear for vectors), trained
@@ -234,6 +272,7 @@ class MHGD(DistillMethod):
     """
 
     Params = MHGDParams
+    paper_recipe = {"ce": 1.0, "mhgd": 1.0}
 
     def __init__(self, params: MHGDParams, context: MethodContext) -> None:
         super().__init__(params, context)
@@ -283,10 +322,7 @@ class MHGD(DistillMethod):
 
     # -- second stage: distil the frozen graphs ------------------------------------------
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        terms = response_terms(self, batch)
-        if self.weight("mhgd"):
-            terms["mhgd"] = self._graph_term(batch)
-        return terms
+        return {"mhgd": self._graph_term(batch)}
 
     def _graph_term(self, batch: DistillBatch) -> Tensor:
         if not bool(self.frozen):
@@ -312,7 +348,39 @@ class MHGD(DistillMethod):
 
     def _student_feature(self, batch: DistillBatch, name: str) -> Tensor:
         feature = batch.student.feat(name)
-        return clipped_branch(feature) if self.params.clip_to_task_gradient else feature
+        return clipped_branch(feature) if self.params.clip == "feature_map" else feature
+
+    # -- the authors' clip, per student variable (applied by Recipe.backward) -----------
+    def has_gradient_rule(self) -> bool:
+        return self.params.clip == "per_variable"
+
+    def clip_gradient(self, own: Sequence[Tensor | None], other: Sequence[Tensor | None],
+                      epoch: int) -> list[Tensor | None]:
+        """Per variable: ``own`` scaled down to norm ≤ ‖other‖·sigmoid(epoch −
+        clip_ramp_start) (``tf.clip_by_norm``); a variable the rest of the loss does not
+        reach keeps its gradient (nothing to measure it by), one it reaches with a zero
+        gradient gets none."""
+        ramp = 1.0 / (1.0 + math.exp(-(epoch - self.params.clip_ramp_start)))
+        clipped: list[Tensor | None] = []
+        for g, ref in zip(own, other):
+            if g is None or ref is None:
+                clipped.append(g)
+                continue
+            limit = ref.norm() * ramp
+            norm = g.norm()
+            scale = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(g.dtype).tiny),
+                                torch.ones_like(norm))
+            clipped.append(g * scale)
+        return clipped
+
+    def pretrain_optimizer(self) -> dict[str, Any]:
+        """``TrainConfig`` settings of the first stage (empty: the engine's own)."""
+        p = self.params
+        if p.pretrain_optimizer == "same":
+            return {}
+        return {"optimizer": p.pretrain_optimizer, "lr": p.pretrain_lr,
+                "momentum": p.pretrain_momentum, "weight_decay": p.pretrain_weight_decay,
+                "schedule": "none"}
 
     def _teacher_vectors(
         self, teacher: Knowledge, rows: Callable[[Tensor], Tensor]

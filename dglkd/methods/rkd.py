@@ -6,18 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dglkd.methods.base import DistillBatch, DistillMethod, register_method
-from dglkd.methods.kd import ResponseParams, response_terms
+from dglkd.methods.base import DistillBatch, DistillMethod, MethodParams, register_method
 
 
-class RKDParams(ResponseParams):
+class RKDParams(MethodParams):
     """Penultimate features by name (``hidden`` for GNNs/MLPs, ``pool`` for CNNs)."""
 
-    student_feature: str = "hidden"
-    teacher_feature: str = "hidden"
-    distance_weight: float = 25.0
-    angle_weight: float = 50.0
-    max_instances: int = pydantic.Field(256, ge=3)
+    student_feature: str = pydantic.Field("hidden", description="the student's feature")
+    teacher_feature: str = pydantic.Field("hidden", description="the teacher's feature")
+    distance_weight: float = pydantic.Field(25.0, ge=0, description="weight of the distance "
+                                                                    "term")
+    angle_weight: float = pydantic.Field(50.0, ge=0, description="weight of the angle term")
+    max_instances: int = pydantic.Field(256, ge=3, le=4096,
+                                        description="instances per step (the angle term "
+                                                    "costs B³)")
 
 
 def normalized_distances(x: Tensor) -> Tensor:
@@ -40,7 +42,7 @@ def triplet_angles(x: Tensor) -> Tensor:
 class RKD(DistillMethod):
     """Park et al., "Relational Knowledge Distillation", CVPR 2019.
 
-    ``loss = ce_weight·CE + kd_weight·KD + distance_weight·L_d + angle_weight·L_a`` on
+    Terms ``distance_weight·L_d + angle_weight·L_a`` (recipe ``ce + rkd``) on
     penultimate features (``hidden`` of our GNNs and MLPs; use ``pool`` for CNNs):
     L_d is the smooth-L1 loss between the student's and the teacher's pairwise distances,
     each divided by its mean; L_a between the cosines of the angles of all triplets. The
@@ -50,14 +52,16 @@ class RKD(DistillMethod):
     """
 
     Params = RKDParams
+    paper_recipe = {"ce": 1.0, "rkd": 1.0}
+
+    def term_weights(self) -> dict[str, float]:
+        return {"distance": self.params.distance_weight, "angle": self.params.angle_weight}
 
     def required_features(self) -> tuple[list[str], list[str]]:
         return [self.params.student_feature], [self.params.teacher_feature]
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        terms = response_terms(self, batch)
-        if not (self.weight("distance") or self.weight("angle")):
-            return terms
+        terms = {}
         student, teacher = self._instances(batch)
         for name, relation in (("distance", normalized_distances), ("angle", triplet_angles)):
             if self.weight(name):

@@ -1,21 +1,56 @@
 """Node-classification models: GNNs from ``dgl.nn`` and the graph-free MLP.
 
-Every model is called as ``model(graph, feat)`` and returns logits; the MLP ignores the
-graph, so it can run on the features of any set of nodes alone. Layers live in
-``self.layers`` (``layers.0`` … ``layers.{L-1}``), so a hidden layer's pre-activation
-output can be captured by that path; ``feature_aliases`` names ``hidden`` (the last hidden
-layer) for methods that want it without knowing the depth.
+Every model is called as ``model(graph, feat)`` and returns logits, where ``graph`` is
+either a whole DGLGraph (``feat``: one row per node, output: one row per node) or a list
+of message-flow graphs ("blocks") from ``dgl.dataloading.NeighborSampler`` and
+``dgl.dataloading.DataLoader``, DGL's convention: layer ``i`` runs on ``blocks[i]``,
+``feat`` holds the rows of ``blocks[0].srcdata`` and the output the rows of
+``blocks[-1]``'s destination nodes. GCN on blocks normalises by the whole graph's
+out-degrees, so call :func:`attach_out_degrees` on the graph before sampling it. The MLP
+ignores the graph (None, a graph or blocks), so it can run on the features of any set of
+nodes alone.
+
+Layers live in ``self.layers`` (``layers.0`` … ``layers.{L-1}``), so a hidden layer's
+pre-activation output can be captured by that path (in block mode: the rows of that
+block's destination nodes); ``feature_aliases`` names ``hidden`` (the last hidden layer)
+for methods that want it without knowing the depth.
+
+:func:`layerwise_inference` computes the logits (and named hidden features) of every node
+of a large graph one layer at a time over node batches, as DGL's ``SAGE.inference`` does.
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
+import dgl
 import dgl.nn as dglnn
 import torch
 from torch import Tensor, nn
 
+from dglkd.engine.tracking import progress as progress_bar
 from dglkd.errors import DglkdError
 from dglkd.models.registry import MODELS
+from dglkd.models.tap import FeatureTap
+
+# What a model's ``graph`` argument may be: a whole graph, one block per layer, or None
+# (the MLP only).
+GraphInput = Union[dgl.DGLGraph, Sequence[dgl.DGLGraph], None]
+
+# The node field holding the whole graph's out-degrees, carried into every sampled block.
+OUT_DEGREES = "_out_degree"
+
+
+def attach_out_degrees(graph: dgl.DGLGraph) -> dgl.DGLGraph:
+    """Store ``graph.out_degrees()`` in ``graph.ndata[OUT_DEGREES]`` and return ``graph``.
+
+    GCN's symmetric normalisation divides each source node by the square root of its
+    out-degree. A block only holds the edges to its batch's destination nodes, so its own
+    out-degrees are too small; blocks sampled from a graph prepared here carry the true
+    ones (DGL copies node data into blocks) and GCN uses those.
+    """
+    graph.ndata[OUT_DEGREES] = graph.out_degrees()
+    return graph
 
 NORMS = ("none", "batch", "layer")
 
@@ -50,12 +85,37 @@ class LayerStack(nn.Module):
     def apply_layer(self, index: int, graph, h: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, graph, feat: Tensor) -> Tensor:
-        h = self.dropout(feat) if self.input_dropout else feat
-        for i in range(len(self.layers)):
-            h = self.apply_layer(i, graph, h)
-            if i < len(self.norms):
-                h = self.dropout(torch.relu(self.norms[i](h)))
+    def graphs_per_layer(self, graph: GraphInput, feat: Tensor) -> list:
+        """The graph each layer runs on: the whole graph for all, or ``blocks[i]`` for layer i."""
+        if not self.uses_graph:
+            return [None] * len(self.layers)
+        if graph is None:
+            raise DglkdError(f"graph: {type(self).__name__} needs a graph or blocks, got None")
+        if not isinstance(graph, (list, tuple)):
+            return [graph] * len(self.layers)
+        if len(graph) != len(self.layers):
+            raise DglkdError(f"blocks: got {len(graph)} blocks for a model of "
+                             f"{len(self.layers)} layers (one block per layer)")
+        if feat.shape[0] != graph[0].num_src_nodes():
+            raise DglkdError(f"feat: {feat.shape[0]} rows, but blocks[0] has "
+                             f"{graph[0].num_src_nodes()} source nodes")
+        return list(graph)
+
+    def prepare_input(self, feat: Tensor) -> Tensor:
+        """What the first layer sees (input dropout for GNNs)."""
+        return self.dropout(feat) if self.input_dropout else feat
+
+    def finish_layer(self, index: int, h: Tensor) -> Tensor:
+        """Norm → ReLU → dropout after every layer but the last."""
+        if index < len(self.norms):
+            h = self.dropout(torch.relu(self.norms[index](h)))
+        return h
+
+    def forward(self, graph: GraphInput, feat: Tensor) -> Tensor:
+        # Layer-wise inference calls the same three steps, so the two cannot drift apart.
+        h = self.prepare_input(feat)
+        for i, layer_graph in enumerate(self.graphs_per_layer(graph, feat)):
+            h = self.finish_layer(i, self.apply_layer(i, layer_graph, h))
         return h
 
 
@@ -78,25 +138,47 @@ class GNN(LayerStack):
     """A stack of ``dgl.nn`` convolutions built by ``make_conv(in, out, is_last)``.
 
     Multi-head layers (GAT) return (N, heads, D): hidden layers concatenate the heads and
-    the output layer averages them.
+    the output layer averages them. ``source_degree_norm`` marks convolutions that divide
+    source features by the square root of their out-degree (GCN's ``norm="both"``): on a
+    block that degree is taken from ``srcdata[OUT_DEGREES]`` (see
+    :func:`attach_out_degrees`).
     """
 
     input_dropout = True
 
     def __init__(self, widths: list[int], dropout: float, norm: str,
-                 make_conv: Callable[[int, int, bool], nn.Module], head_count: int = 1) -> None:
+                 make_conv: Callable[[int, int, bool], nn.Module], head_count: int = 1,
+                 source_degree_norm: bool = False) -> None:
         super().__init__([widths[0]] + [w * head_count for w in widths[1:-1]] + [widths[-1]],
                          dropout, norm)
+        self.source_degree_norm = source_degree_norm
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             is_last = i == len(widths) - 2
             in_width = a if i == 0 else a * head_count
             self.layers.append(make_conv(in_width, b, is_last))
 
     def apply_layer(self, index: int, graph, h: Tensor) -> Tensor:
+        if self.source_degree_norm and graph.is_block:
+            # The conv divides by sqrt(block out-degree); rescaling the source rows turns
+            # that into sqrt(whole-graph out-degree), so blocks reproduce the full graph.
+            h = h * _degree_correction(graph).to(h)[:, None]
         out = self.layers[index](graph, h)
         if out.dim() == 3:  # (N, heads, D)
             out = out.mean(1) if index == len(self.layers) - 1 else out.flatten(1)
         return out
+
+
+def _degree_correction(block: dgl.DGLGraph) -> Tensor:
+    """sqrt(block out-degree / whole-graph out-degree) per source node, both clamped at 1
+    as ``GraphConv`` clamps them."""
+    if OUT_DEGREES not in block.srcdata:
+        raise DglkdError(
+            f"blocks: srcdata has no {OUT_DEGREES!r} (the whole graph's out-degrees GCN "
+            "normalises by); call dglkd.models.gnn.attach_out_degrees(graph) before sampling"
+        )
+    whole = block.srcdata[OUT_DEGREES].double().clamp(min=1)
+    local = block.out_degrees().double().clamp(min=1)
+    return (local / whole).sqrt()
 
 
 def _widths(in_dim: int, hidden: int, num_classes: int, layers: int) -> list[int]:
@@ -118,7 +200,8 @@ def gcn(num_classes: int, in_features: int, hidden: int = 64, layers: int = 2,
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.GraphConv(a, b, norm="both", allow_zero_in_degree=True)
 
-    return GNN(_widths(in_features, hidden, num_classes, layers), dropout, norm, make_conv)
+    return GNN(_widths(in_features, hidden, num_classes, layers), dropout, norm, make_conv,
+               source_degree_norm=True)
 
 
 @MODELS.register("sage")
@@ -146,3 +229,205 @@ def gat(num_classes: int, in_features: int, hidden: int = 8, layers: int = 2,
 
     return GNN(_widths(in_features, hidden, num_classes, layers), dropout, norm, make_conv,
                head_count=heads)
+
+
+def layerwise_inference(model: LayerStack, graph: dgl.DGLGraph | None, feat: Tensor,
+                        batch_size: int, names: Iterable[str] = (),
+                        device: torch.device | str | None = None, out: Any = None,
+                        progress: bool = False) -> tuple[Any, dict[str, Tensor]]:
+    """Logits of every node, and the named hidden features, one layer at a time.
+
+    A GNN runs each layer over batches of ``batch_size`` destination nodes, with blocks from
+    ``dgl.dataloading.MultiLayerFullNeighborSampler(1)`` and ``dgl.dataloading.DataLoader``
+    on ``graph``, and keeps only that layer's input and output for all nodes (as DGL's
+    ``SAGE.inference``), so memory grows with one layer's width, not with the depth. The
+    MLP (``graph`` may be None) just runs over batches of rows of ``feat``. The model runs in
+    eval mode without gradients (each module's mode is restored afterwards) and the result
+    equals ``model(graph, feat)`` in eval mode.
+
+    ``names``: features to capture, each a layer output (``layers.i`` or an alias such as
+    ``hidden``) or ``logits``. ``device``: where batches are computed; the model must
+    already be there (default: the device of its parameters). ``out``: an optional (N, C)
+    array-like that receives the logits rows (a torch tensor, a numpy array or memmap) so
+    no second copy is held. ``progress``: a tqdm bar per layer, on terminals only.
+
+    Returns ``(logits, features)``: ``logits`` is ``out`` when given, else an (N, C) CPU
+    tensor; ``features`` maps each name to an (N, …) CPU tensor shaped as ``FeatureTap``
+    records it (GAT: (N, heads, D)); ``features["logits"]`` is ``logits`` itself.
+    """
+    if not isinstance(model, LayerStack):
+        raise DglkdError(f"model: layer-wise inference needs a dglkd GNN or MLP, "
+                         f"got {type(model).__name__}")
+    names = (names,) if isinstance(names, str) else tuple(names)
+    layer_of = _feature_layers(model, names)
+    num_nodes = _check_inputs(model, graph, feat, batch_size, out)
+    device = _compute_device(model, device, feat)
+    with _eval_mode(model), torch.no_grad():
+        if model.uses_graph:
+            logits, features = _by_layer(model, graph, feat, batch_size, layer_of, device,
+                                         out, progress)
+        else:
+            logits, features = _by_rows(model, feat, batch_size, list(layer_of), device, out,
+                                        progress)
+    if "logits" in names:
+        features["logits"] = logits
+    return logits, features
+
+
+def _feature_layers(model: LayerStack, names: Sequence[str]) -> dict[str, int]:
+    """Each requested name (but ``logits``) → the index of the layer whose output it is."""
+    index = {f"layers.{i}": i for i in range(len(model.layers))}
+    found = {}
+    for name in dict.fromkeys(names):
+        if name == "logits":
+            continue
+        path = model.feature_aliases.get(name, name)
+        if path not in index:
+            known = ["logits", *model.feature_aliases, *index]
+            raise DglkdError(f"names: {name!r} is not a layer output; layer-wise inference "
+                             f"can capture: {', '.join(known)}")
+        found[name] = index[path]
+    return found
+
+
+def _check_inputs(model: LayerStack, graph: dgl.DGLGraph | None, feat: Tensor,
+                  batch_size: int, out: Any) -> int:
+    """The number of nodes, after checking the arguments agree with each other."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DglkdError(f"batch_size: must be a positive integer (got {batch_size!r})")
+    num_nodes = feat.shape[0]
+    if num_nodes < 1:
+        raise DglkdError(f"feat: no rows (shape {tuple(feat.shape)})")
+    if model.uses_graph:
+        if not isinstance(graph, dgl.DGLGraph) or graph.is_block:
+            raise DglkdError(f"graph: layer-wise inference needs a whole DGLGraph, "
+                             f"got {type(graph).__name__}")
+        if graph.num_nodes() != num_nodes:
+            raise DglkdError(f"feat: {num_nodes} rows, but the graph has "
+                             f"{graph.num_nodes()} nodes")
+    expected = (num_nodes, model.widths[-1])
+    if out is not None and tuple(out.shape) != expected:
+        raise DglkdError(f"out: shape {tuple(out.shape)} does not match the logits' {expected}")
+    return num_nodes
+
+
+def _compute_device(model: nn.Module, device: torch.device | str | None,
+                    feat: Tensor) -> torch.device:
+    param = next(model.parameters(), None)
+    home = param.device if param is not None else feat.device
+    if device is None:
+        return home
+    wanted = torch.device(device)
+    # "cuda" and "cuda:0" name the same device when the index is left open.
+    if wanted.type != home.type or (wanted.index is not None and home.index is not None
+                                    and wanted.index != home.index):
+        raise DglkdError(f"device: {wanted} differs from the model's {home}; "
+                         "move the model there first")
+    return wanted
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the call, then each module's own mode back (frozen parts stay frozen)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class _Rows:
+    """Full (N, …) CPU tensors filled batch by batch, allocated once the shape is known."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.num_nodes = num_nodes
+        self.tensors: dict[str, Tensor] = {}
+
+    def write(self, name: str, rows: slice, value: Tensor) -> None:
+        if name not in self.tensors:
+            self.tensors[name] = torch.empty((self.num_nodes, *value.shape[1:]),
+                                             dtype=value.dtype)
+        self.tensors[name][rows] = value
+
+
+def _write_logits(out: Any, rows: slice, value: Tensor) -> None:
+    """Rows into the caller's array: torch tensors take tensors, anything else numpy."""
+    if isinstance(out, Tensor):
+        out[rows] = value.to(out)
+    else:
+        out[rows] = value.cpu().numpy()
+
+
+def _store_logits(out: Any, buffers: _Rows, rows: slice, value: Tensor) -> None:
+    if out is None:
+        buffers.write("logits", rows, value.cpu())
+    else:
+        _write_logits(out, rows, value)
+
+
+def _by_rows(model: LayerStack, feat: Tensor, batch_size: int, names: list[str],
+             device: torch.device, out: Any, progress: bool) -> tuple[Any, dict[str, Tensor]]:
+    """The graph-free model: rows are independent, so all layers run per batch of rows."""
+    num_nodes = feat.shape[0]
+    buffers, features = _Rows(num_nodes), _Rows(num_nodes)
+    starts = range(0, num_nodes, batch_size)
+    with FeatureTap(model, names) as tap:
+        for start in progress_bar(starts, progress, "inference", total=len(starts)):
+            rows = slice(start, min(start + batch_size, num_nodes))
+            logits = model(None, feat[rows].to(device))
+            for name, value in tap.pop().items():
+                features.write(name, rows, value.cpu())
+            _store_logits(out, buffers, rows, logits)
+    return (out if out is not None else buffers.tensors["logits"]), features.tensors
+
+
+def _sampling_graph(model: GNN, graph: dgl.DGLGraph) -> dgl.DGLGraph:
+    """A view of ``graph`` without its node and edge data (every block would gather them),
+    plus the out-degrees GCN needs; the caller's graph is left untouched."""
+    view = graph.local_var()
+    for frame in (view.ndata, view.edata):
+        for key in list(frame.keys()):
+            frame.pop(key)
+    if getattr(model, "source_degree_norm", False):
+        attach_out_degrees(view)
+    return view
+
+
+def _by_layer(model: LayerStack, graph: dgl.DGLGraph, feat: Tensor, batch_size: int,
+              layer_of: dict[str, int], device: torch.device, out: Any,
+              progress: bool) -> tuple[Any, dict[str, Tensor]]:
+    """One layer at a time for all nodes: its input and output are the only full tensors."""
+    view = _sampling_graph(model, graph)
+    loader = dgl.dataloading.DataLoader(
+        view, torch.arange(view.num_nodes(), dtype=view.idtype, device=view.device),
+        dgl.dataloading.MultiLayerFullNeighborSampler(1), device=device,
+        batch_size=batch_size, shuffle=False, drop_last=False)
+    num_layers, num_nodes = len(model.layers), view.num_nodes()
+    features = _Rows(num_nodes)
+    h = feat
+    for i in range(num_layers):
+        last = i == num_layers - 1
+        outputs = _Rows(num_nodes)
+        tapped = [name for name, layer in layer_of.items() if layer == i]
+        desc = f"inference layer {i + 1}/{num_layers}"
+        with FeatureTap(model, tapped) as tap:
+            for input_nodes, output_nodes, blocks in progress_bar(loader, progress, desc,
+                                                                  total=len(loader)):
+                x = h[input_nodes.to(h.device)].to(device)
+                if i == 0:
+                    x = model.prepare_input(x)
+                y = model.finish_layer(i, model.apply_layer(i, blocks[0], x))
+                # Unshuffled seeds come in order, so each batch is a contiguous row range,
+                # which every array-like (memmaps included) can take without fancy indexing.
+                start = int(output_nodes[0])
+                rows = slice(start, start + len(output_nodes))
+                for name, value in tap.pop().items():
+                    features.write(name, rows, value.cpu())
+                if last:
+                    _store_logits(out, outputs, rows, y)
+                else:
+                    outputs.write("h", rows, y.cpu())
+        h = outputs.tensors.get("logits" if last else "h")
+    return (out if out is not None else h), features.tensors

@@ -15,6 +15,10 @@ from dglkd.errors import DglkdError
 
 
 def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    # A DistributedDataParallel wrapper names the user's model ``module``: paths and
+    # aliases are the model's own.
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     path = getattr(model, "feature_aliases", {}).get(name, name)
     modules = dict(model.named_modules())
     if path not in modules:

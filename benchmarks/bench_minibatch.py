@@ -1,0 +1,271 @@
+"""Neighbour-sampled mini-batch training through dglkd's engine at ogbn-arxiv's shape (CPU).
+
+On the synthetic graph with ogbn-arxiv's shape (``synthetic_node_graph(seed=0)``: 169,343
+nodes, 128 features, 40 classes), a SAGE 2×256 teacher trained on labels
+(``compose(ce=1.0)``):
+
+(a) Accuracy and memory: mini-batch training (``minibatches``: ``NeighborSampler`` blocks,
+    fan-outs ``--fanouts``, seed batches of 1,024; evaluated layer by layer over batches of
+    4,096) against full-batch training (one whole-graph step per epoch, evaluated on the
+    whole graph), each through ``train_epoch`` in its own process, so each peak RSS
+    (``ru_maxrss``) is its own. Prints both validation accuracies (goal: within 1 point),
+    seconds and peak RSS (mini-batch's should be the lower).
+(b) Engine overhead: in one process, a fixed number of sampled batches through dglkd's
+    engine (``minibatches`` + ``train_epoch``) against the same batches through a bare loop
+    written as DGL's ``examples/pytorch/graphsage/node_classification.py`` writes one
+    (``dgl.dataloading.DataLoader`` over the training ids with the same ``NeighborSampler``,
+    ``model(blocks, x)``, ``F.cross_entropy``, Adam step). Same model class and initial
+    weights, same seeds (numpy's, torch's and DGL's generators reset before every run, so
+    both see the same seed batches and neighbourhoods: checked), same thread count. The arms run interleaved (A B, B A,
+    ...) for ``--rounds`` rounds after one warm-up each; prints each arm's median seconds,
+    dglkd's overhead ratio (goal ≤ 1.10) and the median of the per-round ratios.
+
+    DGLBACKEND=pytorch python benchmarks/bench_minibatch.py [--epochs-mini 2] \\
+        [--epochs-full 40] [--batches 30] [--rounds 7] [--threads 1] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from itertools import islice
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+
+ROLES = ("minibatch", "fullbatch", "overhead")
+SAGE = {"hidden": 256, "layers": 2, "dropout": 0.5}
+BATCH = 1024
+EVAL_BATCH = 4096
+
+
+def _peak_gb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _setup(threads: int):
+    """Threads for torch and DGL, the graph (SAGE needs no self loops) and its task."""
+    import torch
+    from dgl.utils import set_num_threads
+
+    from dglkd.data.synthetic import synthetic_node_graph
+    from dglkd.engine.graph import GraphData
+
+    torch.set_num_threads(threads)
+    set_num_threads(threads)
+    task = synthetic_node_graph(seed=0)
+    return GraphData(task, torch.device("cpu"), self_loop=False)
+
+
+def _sage(data):
+    import torch
+
+    from dglkd.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("sage", data.num_classes, data.feat.shape[1], **SAGE)
+
+
+def role_train(args: argparse.Namespace, minibatch: bool) -> dict:
+    """(a): one kind of training for its epochs, then validation accuracy and peak RSS."""
+    import torch
+
+    from dglkd.config import TrainConfig
+    from dglkd.engine.graph import minibatches
+    from dglkd.engine.optim import make_optimizer
+    from dglkd.engine.step import train_epoch
+    from dglkd.methods import compose
+
+    data = _setup(args.threads)
+    loaded_gb = _peak_gb()
+    model = _sage(data)
+    if minibatch:
+        cfg = TrainConfig(epochs=args.epochs_mini, lr=args.lr_mini, batch_size=BATCH,
+                          fanouts=args.fanouts, eval_batch_size=EVAL_BATCH)
+        epoch = minibatches(data, model, cfg, None, None)
+    else:
+        cfg = TrainConfig(epochs=args.epochs_full, lr=args.lr_full)
+
+        def epoch():
+            return [data.full_batch(None)]
+    objective = compose(ce=1.0, context=data.num_classes)
+    optimizer = make_optimizer(cfg, model.parameters())
+    torch.manual_seed(1)
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        losses = train_epoch(epoch(), model, objective, optimizer, None)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = data.evaluate(model, EVAL_BATCH if minibatch else None)
+    return {"role": "minibatch" if minibatch else "fullbatch", "epochs": cfg.epochs,
+            "lr": cfg.lr, "train_s": train_s, "eval_s": time.perf_counter() - start,
+            "loss": losses["total"], "val_acc": metrics["val_acc"],
+            "test_acc": metrics["test_acc"], "loaded_gb": loaded_gb, "peak_gb": _peak_gb()}
+
+
+def role_overhead(args: argparse.Namespace) -> dict:
+    """(b): dglkd's engine against a bare DGL loop on the same sampled batches."""
+    import dgl
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from dglkd.config import TrainConfig
+    from dglkd.engine.graph import minibatches
+    from dglkd.engine.optim import make_optimizer
+    from dglkd.engine.step import train_epoch
+    from dglkd.methods import compose
+
+    data = _setup(args.threads)
+    cfg = TrainConfig(epochs=1, lr=args.lr_mini, batch_size=BATCH, fanouts=args.fanouts)
+    graph, train_ids = data.train_graph, data.node_ids[data.train_mask.bool()]
+
+    # dglkd: the engine's batches and step.
+    engine_model = _sage(data)
+    objective = compose(ce=1.0, context=data.num_classes)
+    engine_opt = make_optimizer(cfg, engine_model.parameters())
+
+    def engine_epoch(seed: int):
+        return minibatches(data, engine_model, cfg, None,
+                           torch.Generator().manual_seed(seed))()
+
+    def engine_run(seed: int) -> None:
+        train_epoch(islice(engine_epoch(seed), args.batches), engine_model, objective,
+                    engine_opt, None)
+
+    # Bare: the loop of DGL's examples/pytorch/graphsage/node_classification.py.
+    bare_model = _sage(data)
+    bare_opt = torch.optim.Adam(bare_model.parameters(), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+    sampler = dgl.dataloading.NeighborSampler(args.fanouts)
+
+    def bare_loader():
+        loader = dgl.dataloading.DataLoader(graph, train_ids, sampler, device=data.device,
+                                            batch_size=BATCH, shuffle=True, drop_last=False,
+                                            num_workers=0)
+        # Not in DGL's example: the engine's progress wrapper (tqdm.auto) calls iter() on its
+        # DataLoader once more, and each DGL DataLoader iterator shuffles the seeds in
+        # place; one extra shuffle here (about a millisecond) gives the same batches.
+        loader.dataset.shuffle()
+        return loader
+
+    def bare_run(_seed: int) -> None:
+        bare_model.train()
+        total_loss = 0.0
+        for _input_nodes, _output_nodes, blocks in islice(bare_loader(), args.batches):
+            x = blocks[0].srcdata["feat"]
+            y = blocks[-1].dstdata["label"]
+            y_hat = bare_model(blocks, x)
+            loss = F.cross_entropy(y_hat, y)
+            bare_opt.zero_grad()
+            loss.backward()
+            bare_opt.step()
+            total_loss += loss.item()
+
+    def reseed(seed: int) -> None:
+        """Every generator a run draws from: DGL's DataLoader shuffles with numpy's global
+        one, its sampler uses DGL's (both of which the engine reseeds per epoch with a value
+        drawn from the phase's generator, given here as ``Generator().manual_seed(seed)``:
+        the same value is set here for both arms), dropout uses torch's."""
+        drawn = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed)))
+        np.random.seed(drawn)
+        dgl.seed(drawn)
+        torch.manual_seed(seed)
+
+    def sampled(nodes_of_batches) -> list:
+        return [(out, blocks[0].srcdata[dgl.NID]) for out, blocks in nodes_of_batches]
+
+    # Same seeds, same batches: the first few batches' seeds and input nodes agree.
+    reseed(0)
+    engine_nodes = sampled((b.index, b.inputs[0]) for b in islice(engine_epoch(0), 3))
+    reseed(0)
+    bare_nodes = sampled((out, blocks) for _i, out, blocks in islice(bare_loader(), 3))
+    same = all(torch.equal(a, b) for pa, pb in zip(engine_nodes, bare_nodes)
+               for a, b in zip(pa, pb))
+
+    arms = {"dglkd": engine_run, "bare": bare_run}
+    for name, run in arms.items():  # warm-up
+        reseed(0)
+        run(0)
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for round_ in range(args.rounds):
+        order = list(arms) if round_ % 2 == 0 else list(reversed(arms))
+        for name in order:
+            seed = round_ + 1
+            reseed(seed)
+            start = time.perf_counter()
+            arms[name](seed)
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    per_round = [a / b for a, b in zip(times["dglkd"], times["bare"])]
+    return {"role": "overhead", "batches": args.batches, "rounds": args.rounds,
+            "same_batches": same, "times": times, "median_s": median,
+            "ratio": median["dglkd"] / median["bare"],
+            "median_round_ratio": statistics.median(per_round), "peak_gb": _peak_gb()}
+
+
+def run_role(role: str, argv: list[str], threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DGLBACKEND": "pytorch"}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--role", role],
+                          stdout=subprocess.PIPE, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"role {role} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs-mini", type=int, default=2)
+    parser.add_argument("--epochs-full", type=int, default=40)
+    parser.add_argument("--lr-mini", type=float, default=0.003)
+    parser.add_argument("--lr-full", type=float, default=0.03)
+    parser.add_argument("--fanouts", type=int, nargs="+", default=[15, 10])
+    parser.add_argument("--batches", type=int, default=30,
+                        help="(b): batches per arm and round (an epoch is 90)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and DGL threads (default 1: on a shared 2-core machine "
+                             "two OpenMP threads stall each other)")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if len(args.fanouts) != SAGE["layers"]:
+        parser.error(f"--fanouts: one per layer ({SAGE['layers']})")
+    if args.role:
+        result = (role_overhead(args) if args.role == "overhead"
+                  else role_train(args, args.role == "minibatch"))
+        print(json.dumps(result))
+        return
+    argv = [a for a in sys.argv[1:]]
+    if "--json" in argv:
+        at = argv.index("--json")
+        del argv[at : at + 2]
+    results = {role: run_role(role, argv, args.threads) for role in ROLES}
+    mini, full, over = (results[r] for r in ROLES)
+    print(f"graph: synthetic, ogbn-arxiv's shape (169,343 nodes, 128 features, 40 classes); "
+          f"SAGE 2x256, fan-outs {args.fanouts}, batch {BATCH:,}; {args.threads} thread(s)")
+    print("(a) | training | epochs | lr | train s | val acc | test acc | peak RSS GB |")
+    print("    |---|---:|---:|---:|---:|---:|---:|")
+    for row in (mini, full):
+        print(f"    | {row['role']} | {row['epochs']} | {row['lr']:g} | {row['train_s']:.0f} | "
+              f"{row['val_acc']:.4f} | {row['test_acc']:.4f} | {row['peak_gb']:.2f} |")
+    gap = abs(mini["val_acc"] - full["val_acc"]) * 100
+    print(f"    val accuracy gap {gap:.2f} points (goal ≤ 1); mini-batch peak RSS "
+          f"{mini['peak_gb'] / full['peak_gb']:.2f}× full-batch's")
+    print(f"(b) {over['batches']} batches per run, {over['rounds']} interleaved rounds "
+          f"(same batches in both arms: {over['same_batches']}): dglkd "
+          f"{over['median_s']['dglkd']:.2f} s, bare DGL loop {over['median_s']['bare']:.2f} s "
+          f"(medians) → overhead ratio {over['ratio']:.3f} (goal ≤ 1.10); median per-round "
+          f"ratio {over['median_round_ratio']:.3f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), **results, "val_gap_points": gap}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""DistDGL end to end on Cora, on loopback only: partition, launch, train, fail cleanly.
+
+Every test runs the real command line in subprocesses with a hard timeout and checks that
+no process it started is left behind (psutil, by the test's own temporary folder in the
+command lines).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "DGLBACKEND": "pytorch", "OUTDATED_IGNORE": "1", "PYTHONPATH": str(REPO)}
+DGLKD = [sys.executable, "-m", "dglkd"]
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="DistDGL runs on Linux")
+
+
+def _ports(count: int) -> list[int]:
+    """Free loopback ports at least 2 apart (a line's servers use PORT, PORT+1, ...)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if all(abs(port - p) > 2 for p in ports):
+            ports.append(port)
+    return ports
+
+
+def _left_behind(marker: str) -> list[psutil.Process]:
+    """Processes whose command line mentions ``marker`` (this test's folder)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _partition(parts: int, out: Path) -> Path:
+    done = subprocess.run([*DGLKD, "partition", str(REPO / "configs/cora_gcn_glnn.yaml"),
+                           "--parts", str(parts), "--out", str(out)],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out / "cora_gcn_glnn.json"
+
+
+def _config(tmp: Path, part_config: Path, ip_config: Path | None, teacher_epochs: int,
+            student_epochs: int) -> Path:
+    data = {"name": "dist", "part_config": str(part_config)}
+    if ip_config is not None:
+        data["ip_config"] = str(ip_config)
+    config = {
+        "name": "cora_dist", "seed": 0, "n_runs": 1, "device": "cpu", "data": data,
+        "cache_dir": str(tmp / "cache"), "baseline": False,
+        "teacher": {"model": "sage", "hidden": 64, "layers": 2, "dropout": 0.5},
+        "teacher_train": {"epochs": teacher_epochs, "lr": 0.01, "weight_decay": 5e-4,
+                          "batch_size": 64, "fanouts": [10, 10], "eval_batch_size": 1024,
+                          "checkpoint_every": 100},
+        "student": {"model": "mlp", "hidden": 256, "layers": 2, "dropout": 0.6},
+        "method": {"name": "glnn", "lam": 0.0, "temperature": 1.0},
+        "train": {"epochs": student_epochs, "lr": 0.01, "weight_decay": 5e-4,
+                  "batch_size": 256, "eval_batch_size": 1024, "checkpoint_every": 100},
+        "log": {"progress": False, "tensorboard": False, "embedding_projector": False},
+    }
+    path = tmp / "dist.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory) -> Path:
+    return _partition(2, tmp_path_factory.mktemp("parts2"))
+
+
+def _launch_argv(tmp: Path, part_config: Path, config: Path) -> list[str]:
+    ip_config = tmp / "ip_config.txt"
+    return [*DGLKD, "launch", "--local", "--ip-config", str(ip_config), "--part-config",
+            str(part_config), "--num-servers", "1", "--num-trainers", "1", "--",
+            "dglkd", "distill", str(config), "--out", str(tmp / "runs")]
+
+
+def _ip_config(tmp: Path) -> Path:
+    path = tmp / "ip_config.txt"
+    path.write_text("".join(f"127.0.0.1 {port}\n" for port in _ports(2)))
+    return path
+
+
+def test_partition_launch_distill_cora(two_parts, tmp_path):
+    meta = json.loads((two_parts.parent / "dglkd.json").read_text())
+    assert meta["num_parts"] == 2 and meta["num_hops"] == 2 and meta["num_classes"] == 7
+    config = _config(tmp_path, two_parts, _ip_config(tmp_path), 30, 80)
+    try:
+        done = subprocess.run(_launch_argv(tmp_path, two_parts, config), env=ENV,
+                              capture_output=True, text=True, timeout=240)
+    finally:
+        left = _left_behind(str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not left, [p.pid for p in left]
+    results = json.loads(next((tmp_path / "runs").glob("cora_dist-*/results.json")).read_text())
+    assert results["teacher"]["test_acc"] >= 0.78, results["teacher"]
+    assert results["student"]["test_acc"] >= 0.74, results["student"]
+
+
+def test_standalone_one_partition(tmp_path):
+    part_config = _partition(1, tmp_path / "parts1")
+    config = _config(tmp_path, part_config, None, 3, 3)
+    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
+    done = subprocess.run([*DGLKD, "distill", str(config), "--out", str(tmp_path / "runs")],
+                          env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mode standalone" in done.stdout
+    assert next((tmp_path / "runs").glob("cora_dist-*/results.json")).is_file()
+
+
+def test_standalone_refuses_two_partitions(two_parts, tmp_path):
+    config = _config(tmp_path, two_parts, None, 1, 1)
+    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
+    done = subprocess.run([*DGLKD, "distill", str(config)], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("dglkd: error: data.part_config")
+
+
+@pytest.mark.parametrize("victim", ["trainer 1", "server 1"])
+def test_a_death_ends_the_run(two_parts, tmp_path, victim):
+    """Kill one process mid-run: the launcher stops all of them and says so in one line."""
+    config = _config(tmp_path, two_parts, _ip_config(tmp_path), 500, 1)
+    launcher = subprocess.Popen(_launch_argv(tmp_path, two_parts, config), env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    role, number = victim.split()
+    wanted = {"DGL_ROLE": "client" if role == "trainer" else "server",
+              "RANK" if role == "trainer" else "DGL_SERVER_ID": number}
+    try:
+        deadline = time.monotonic() + 120
+        target = None
+        while target is None and time.monotonic() < deadline:
+            for proc in _left_behind(str(config)):
+                try:
+                    env = proc.environ()
+                except psutil.Error:
+                    continue
+                if all(env.get(k) == v for k, v in wanted.items()) and "nsenter" not in \
+                        proc.cmdline()[0]:
+                    target = proc
+            time.sleep(0.5)
+        assert target is not None, f"{victim} never started"
+        # Let the run get going (trainers connected and training) before the kill.
+        for line in launcher.stdout:
+            if "training sage" in line:
+                break
+        target.send_signal(signal.SIGKILL)
+        _, err = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait(30)
+        time.sleep(0.5)
+        left = _left_behind(str(tmp_path))
+        for proc in left:
+            proc.kill()
+    assert launcher.returncode == 2, err[-2000:]
+    lines = [line for line in err.strip().splitlines() if line.startswith("dglkd: error:")]
+    assert len(lines) == 1 and f"launch: {victim} died (signal SIGKILL)" in lines[0], err[-2000:]
+    assert not left, [p.pid for p in left]
