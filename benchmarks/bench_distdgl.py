@@ -86,7 +86,6 @@ def _time_steps(backend, config, batches: int) -> dict:
 def role_single(args: argparse.Namespace) -> None:
     from dglkd.config import config_from_dict
     from dglkd.engine.backends import GraphBackend
-    from dglkd.engine.graph import minibatches  # noqa: F401  (the path being measured)
 
     config = config_from_dict(_config(args, {"name": "synthetic"}))
     backend = GraphBackend(config, __import__("torch").device("cpu"), lambda _m: None)

@@ -75,6 +75,34 @@ def _threads(count: int) -> None:
     set_num_threads(count)
 
 
+def _timed_steps(role: str, epoch, model, objective, optimizer,
+                 count: int) -> tuple[list[float], list[float], list[float]]:
+    """``count`` training steps after ``WARMUP_BATCHES``, each timed in two parts: waiting
+    for the next batch (sampling) and the step itself (compute); epochs restart as needed."""
+    from dglkd.engine.step import train_step
+
+    model.train()
+    objective.train()
+    sampling, compute, losses = [], [], []
+    batches = iter(epoch())
+    for i in range(WARMUP_BATCHES + count):
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:  # a new epoch
+            batches = iter(epoch())
+            batch = next(batches)
+        t1 = time.perf_counter()
+        loss = float(train_step(batch, model, objective, optimizer, None)["total"])
+        t2 = time.perf_counter()
+        if i >= WARMUP_BATCHES:
+            sampling.append(t1 - t0)
+            compute.append(t2 - t1)
+            losses.append(loss)
+        if (i + 1) % 20 == 0:
+            _log(f"{role}: batch {i + 1}/{WARMUP_BATCHES + count}, loss {loss:.3f}")
+    return sampling, compute, losses
+
+
 def ensure_graph(path: str) -> dict:
     """Generate the products-shaped graph and save it at ``path`` unless it exists."""
     if os.path.exists(path):
@@ -121,7 +149,6 @@ def role_teacher(args: argparse.Namespace, work: Path) -> dict:
     from dglkd.engine.graph import GraphData, minibatches
     from dglkd.engine.optim import make_optimizer
     from dglkd.engine.softlabels import SoftLabelWriter, open_soft_labels
-    from dglkd.engine.step import train_step
     from dglkd.methods import compose
     from dglkd.models import build_model
     from dglkd.models.gnn import layerwise_inference
@@ -145,27 +172,8 @@ def role_teacher(args: argparse.Namespace, work: Path) -> dict:
     optimizer = make_optimizer(cfg, model.parameters())
     epoch = minibatches(data, model, cfg, None, torch.Generator().manual_seed(0))
     batches_per_epoch = -(-int(data.train_mask.sum()) // TEACHER_BATCH)
-    model.train()
-    objective.train()
-    sampling, compute, losses = [], [], []
-    batches = iter(epoch())
-    for i in range(WARMUP_BATCHES + args.batches):
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        if batch is None:  # a new epoch
-            batches = iter(epoch())
-            batch = next(batches)
-        t1 = time.perf_counter()
-        terms = train_step(batch, model, objective, optimizer, None)
-        loss = float(terms["total"])
-        t2 = time.perf_counter()
-        if i >= WARMUP_BATCHES:
-            sampling.append(t1 - t0)
-            compute.append(t2 - t1)
-            losses.append(loss)
-        if (i + 1) % 20 == 0:
-            _log(f"teacher: batch {i + 1}/{WARMUP_BATCHES + args.batches}, loss {loss:.3f}")
-    del batches, batch, terms
+    sampling, compute, losses = _timed_steps("teacher", epoch, model, objective, optimizer,
+                                             args.batches)
     trained_gb = _peak_gb()
 
     # Diagnostic: the relational subgraph block_batch builds per batch (compose(ce=1) never
@@ -215,7 +223,7 @@ def role_student(args: argparse.Namespace, work: Path) -> dict:
     from dglkd.config import TrainConfig
     from dglkd.engine.optim import make_optimizer
     from dglkd.engine.softlabels import open_soft_labels
-    from dglkd.engine.step import Batch, train_step
+    from dglkd.engine.step import Batch
     from dglkd.methods import Knowledge, compose
     from dglkd.models import build_model
 
@@ -241,25 +249,8 @@ def role_student(args: argparse.Namespace, work: Path) -> dict:
             yield Batch((None, feat[ids]), labels=labels[ids], index=ids,
                         teacher=Knowledge(soft.rows("logits", ids)))
 
-    model.train()
-    objective.train()
-    sampling, compute, losses = [], [], []
-    batches = epoch()
-    for i in range(WARMUP_BATCHES + args.batches):
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        if batch is None:
-            batches = epoch()
-            batch = next(batches)
-        t1 = time.perf_counter()
-        loss = float(train_step(batch, model, objective, optimizer, None)["total"])
-        t2 = time.perf_counter()
-        if i >= WARMUP_BATCHES:
-            sampling.append(t1 - t0)
-            compute.append(t2 - t1)
-            losses.append(loss)
-        if (i + 1) % 20 == 0:
-            _log(f"student: batch {i + 1}/{WARMUP_BATCHES + args.batches}, loss {loss:.3f}")
+    sampling, compute, losses = _timed_steps("student", epoch, model, objective, optimizer,
+                                             args.batches)
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(None, feat[ids]).argmax(1) for ids in val_ids.split(8192)])

@@ -92,10 +92,6 @@ def new_run_dir(out: str | os.PathLike, name: str) -> Path:
 
 
 # -- digests and the manifest -----------------------------------------------------------
-def digest_bytes(data: bytes) -> dict[str, Any]:
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def file_digest(path: Path) -> dict[str, Any]:
     sha, size = hashlib.sha256(), 0
     with open(path, "rb") as handle:

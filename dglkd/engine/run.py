@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig, dump_config, load_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dglkd.config import DataConfig
 from dglkd.data import GraphTask, ImageTask, load
+from dglkd.errors import DglkdError
 
 
 def load_task(cfg: DataConfig, seed: int) -> GraphTask | ImageTask:
@@ -12,4 +13,7 @@ def load_task(cfg: DataConfig, seed: int) -> GraphTask | ImageTask:
     split_seed = options.pop("split_seed", None)
     options.pop("self_loop", None)  # the engine adds self loops, not the loader
     name = options.pop("name")
+    if name in ("npz", "graph_file", "cifar10", "cifar100") and not options.get("path"):
+        # dglkd.data.load("npz") falls back to the bundled Cora; a config says its file
+        raise DglkdError(f"data.path: required for dataset {name!r} (the file or folder to load)")
     return load(name, seed=split_seed if split_seed is not None else seed, **options)

@@ -260,7 +260,7 @@ def layerwise_inference(model: LayerStack, graph: dgl.DGLGraph | None, feat: Ten
                          f"got {type(model).__name__}")
     names = (names,) if isinstance(names, str) else tuple(names)
     layer_of = _feature_layers(model, names)
-    num_nodes = _check_inputs(model, graph, feat, batch_size, out)
+    _check_inputs(model, graph, feat, batch_size, out)
     device = _compute_device(model, device, feat)
     with _eval_mode(model), torch.no_grad():
         if model.uses_graph:

@@ -1,0 +1,83 @@
+"""Throughput of DDP ranks on one machine: seed nodes per second of a neighbour-sampled
+SAGE teacher epoch through dglkd's engine, 1 rank vs N ranks, side by side in one run.
+
+Each arm is launched the way ``dglkd distill --nproc N`` launches (``parallel.launch``:
+spawned ranks, gloo on CPU) on the same synthetic graph, model, global batch and number
+of steps; rank 0 reports the time of the timed steps. Ranks on one CPU machine share its
+cores, so N ranks cannot be N times faster here: the number says what the DDP machinery
+costs and gains on this machine, not what N GPUs give.
+
+    python benchmarks/bench_ddp.py [--nproc 2] [--nodes 50000] [--steps 20] [--rounds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+WARMUP_STEPS = 2
+
+
+def rank_throughput(nodes: int, steps: int, batch_size: int, threads: int) -> float:
+    """Seeds per second over ``steps`` DDP steps (run in every rank; rank 0's is kept)."""
+    import torch
+
+    from dglkd.config import TrainConfig
+    from dglkd.data.synthetic import synthetic_node_graph
+    from dglkd.engine.graph import GraphData, minibatches
+    from dglkd.engine.parallel import barrier, world, wrap_ddp
+    from dglkd.engine.step import train_step
+    from dglkd.methods import compose
+    from dglkd.models import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    task = synthetic_node_graph(num_nodes=nodes, num_edges=nodes * 7, seed=0)
+    data = GraphData(task, torch.device("cpu"), self_loop=True)
+    model = build_model("sage", task.num_classes, task.num_features, hidden=256, layers=2)
+    objective = compose(ce=1.0)
+    cfg = TrainConfig(epochs=1, lr=0.003, batch_size=batch_size, fanouts=[10, 10])
+    batches = minibatches(data, model, cfg, None, torch.Generator().manual_seed(0))()
+    trained = wrap_ddp(model, "cpu")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    for _ in range(WARMUP_STEPS):
+        train_step(next(batches), trained, objective, optimizer, None)
+    barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(next(batches), trained, objective, optimizer, None)
+    barrier()
+    seconds = time.perf_counter() - start
+    return steps * batch_size / seconds if world().rank == 0 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--nodes", type=int, default=50_000)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved 1-rank/N-rank rounds")
+    args = parser.parse_args()
+
+    import os
+
+    from dglkd.engine.parallel import launch
+
+    cores = os.cpu_count() or 1
+    arms = {1: [], args.nproc: []}
+    for _ in range(args.rounds):
+        for nproc in arms:
+            threads = max(1, cores // nproc)
+            arms[nproc].append(launch(nproc, rank_throughput,
+                                      (args.nodes, args.steps, args.batch_size, threads)))
+    one, many = statistics.median(arms[1]), statistics.median(arms[args.nproc])
+    print(f"synthetic graph {args.nodes:,} nodes, SAGE 2x256, fan-outs [10, 10], global batch "
+          f"{args.batch_size}, {args.steps} timed steps, {cores} cores shared by the ranks")
+    print("| ranks | seed nodes/s (median of rounds) |\n|---:|---:|")
+    print(f"| 1 | {one:,.0f} |\n| {args.nproc} | {many:,.0f} |")
+    print(f"{args.nproc} ranks / 1 rank: {many / one:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
