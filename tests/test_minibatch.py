@@ -20,7 +20,7 @@ def minibatch_cora(planetoid_root: str, cache: str) -> dict:
         "teacher_train": {"epochs": 20, "lr": 0.01, "batch_size": 64, "fanouts": [10, 10],
                           "eval_batch_size": 1024},
         "student": {"model": "mlp", "hidden": 128, "layers": 2, "dropout": 0.6},
-        "train": {"epochs": 40, "lr": 0.01, "batch_size": 512},
+        "train": {"epochs": 60, "lr": 0.01, "batch_size": 512},
         "method": {"name": "glnn"},
         "baseline": False,
         "log": {"progress": False, "tensorboard": False},

@@ -235,13 +235,13 @@ def test_non_finite_user_features_are_a_load_time_error():
 
 
 # -- 7: labels --------------------------------------------------------------------------
-def test_labels_outside_the_training_classes_are_a_load_time_error():
+def test_labels_past_a_gap_in_the_class_ids_are_a_load_time_error():
     from dglkd.data.user import from_dgl_graph
 
     graph = _tiny_graph()
     graph.ndata["label"][35:40] = 99  # five test nodes
     with pytest.raises(DglkdError, match=r"of 5 train/val/test nodes lies outside \[0, 3\) "
-                                         r"\(the classes of the training nodes; found 99..99\)"):
+                                         r"\(the contiguous class ids the labelled nodes use; found 99..99\)"):
         from_dgl_graph(graph, name="mine")
     with pytest.raises(DglkdError, match=r"of 5 .* outside \[0, 4\) \(num_classes=4"):
         from_dgl_graph(graph, name="mine", num_classes=4)

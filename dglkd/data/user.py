@@ -69,15 +69,16 @@ def _check_labels(label: Tensor, masks: dict[str, Tensor], name: str,
                   num_classes: int | None) -> int:
     """The number of classes; every train/val/test label must lie in ``[0, num_classes)``.
 
-    Without ``num_classes`` the classes are those the training labels reach
-    (``max + 1``): a validation or test node whose class never occurs in training (a
-    typo such as 99 among 0..6) is an error instead of silently adding classes that the
-    model could never learn. Pass ``num_classes`` to allow such classes deliberately.
+    Without ``num_classes`` the classes are the contiguous ids ``0..K-1`` the labelled
+    nodes use: a label past a gap (a typo such as 99 among 0..6) is an error instead of
+    silently adding classes that no node has. A class seen only on validation or test
+    nodes is allowed. Pass ``num_classes`` to allow gaps deliberately.
     """
     labelled = label[masks["train_mask"] | masks["val_mask"] | masks["test_mask"]]
     if num_classes is None:
-        num_classes = int(label[masks["train_mask"]].max()) + 1
-        source = "the classes of the training nodes"
+        present = set(torch.unique(labelled[labelled >= 0]).tolist())
+        num_classes = next(k for k in range(len(present) + 1) if k not in present)
+        source = "the contiguous class ids the labelled nodes use"
     else:
         source = f"num_classes={num_classes}"
     outside = (labelled < 0) | (labelled >= num_classes)
