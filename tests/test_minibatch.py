@@ -17,10 +17,10 @@ def minibatch_cora(planetoid_root: str, cache: str) -> dict:
         "name": "cora_minibatch", "cache_dir": cache, "seed": 0, "n_runs": 1,
         "data": {"name": "cora", "root": planetoid_root},
         "teacher": {"model": "sage", "hidden": 64, "layers": 2, "dropout": 0.5},
-        "teacher_train": {"epochs": 30, "lr": 0.01, "batch_size": 64, "fanouts": [10, 10],
+        "teacher_train": {"epochs": 30, "lr": 0.01, "batch_size": 64, "fanouts": [-1, -1],
                           "eval_batch_size": 1024},
         "student": {"model": "mlp", "hidden": 256, "layers": 2, "dropout": 0.6},
-        "train": {"epochs": 60, "lr": 0.01, "batch_size": 512},
+        "train": {"epochs": 100, "lr": 0.01, "batch_size": 512},
         "method": {"name": "glnn"},
         "baseline": False,
         "log": {"progress": False, "tensorboard": False},
@@ -39,7 +39,7 @@ def distilled(planetoid_root, tmp_path_factory):
 def test_minibatch_glnn_on_cora_reaches_the_full_batch_band(distilled):
     _, _, results, _ = distilled
     assert results["teacher"]["test_acc"] >= 0.76
-    assert results["student"]["test_acc"] >= 0.76  # GLNN MLP from node batches only
+    assert results["student"]["test_acc"] >= 0.76, results["student"]["runs"]  # node batches only
 
 
 def test_soft_labels_are_written_once_and_reused(distilled, tmp_path):
