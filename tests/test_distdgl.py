@@ -68,7 +68,7 @@ def _config(tmp: Path, part_config: Path, ip_config: Path | None, teacher_epochs
         "cache_dir": str(tmp / "cache"), "baseline": False,
         "teacher": {"model": "sage", "hidden": 64, "layers": 2, "dropout": 0.5},
         "teacher_train": {"epochs": teacher_epochs, "lr": 0.01, "weight_decay": 5e-4,
-                          "batch_size": 64, "fanouts": [10, 10], "eval_batch_size": 1024,
+                          "batch_size": 64, "fanouts": [-1, -1], "eval_batch_size": 1024,
                           "checkpoint_every": 100},
         "student": {"model": "mlp", "hidden": 256, "layers": 2, "dropout": 0.6},
         "method": {"name": "glnn", "lam": 0.0, "temperature": 1.0},
