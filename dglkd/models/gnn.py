@@ -318,7 +318,7 @@ def _compute_device(model: nn.Module, device: torch.device | str | None,
     if device is None:
         return home
     wanted = torch.device(device)
-    # "cuda" and "cuda:0" name the same device when the index is left open.
+    # A device given without an index (e.g. plain "cuda") matches any index of its type.
     if wanted.type != home.type or (wanted.index is not None and home.index is not None
                                     and wanted.index != home.index):
         raise DglkdError(f"device: {wanted} differs from the model's {home}; "
