@@ -126,21 +126,15 @@ class GraphData:
         return context_for(student, teacher, inputs, labels=self.labels,
                            train_mask=self.train_mask, teacher_predictions=teacher_predictions)
 
-    @torch.no_grad()
     def exact_logits(self, model: nn.Module, ids: Tensor) -> Tensor:
         """``model``'s logits of nodes ``ids`` from their whole neighbourhoods (full
         blocks): what a full-graph pass gives those rows, at the cost of their hops."""
-        was_training = model.training
-        model.eval()
-        try:
-            if not getattr(model, "uses_graph", True):
-                return model(None, self.feat[ids])
-            self.prepare_for(model)
-            sampler = dgl.dataloading.MultiLayerFullNeighborSampler(model.num_hops)
-            input_nodes, _, blocks = sampler.sample_blocks(self.train_graph, ids)
-            return model(blocks, self.feat[input_nodes])
-        finally:
-            model.train(was_training)
+        if not getattr(model, "uses_graph", True):
+            return frozen_knowledge(model, [], None, self.feat[ids]).logits
+        self.prepare_for(model)
+        sampler = dgl.dataloading.MultiLayerFullNeighborSampler(model.num_hops)
+        input_nodes, _, blocks = sampler.sample_blocks(self.train_graph, ids)
+        return frozen_knowledge(model, [], blocks, self.feat[input_nodes]).logits
 
     def sample_logits(self, model: nn.Module, seed: int = 0) -> Tensor:
         """Exact logits of a seeded sample of nodes: a cheap fingerprint of a model."""
