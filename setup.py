@@ -23,6 +23,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "hypothesis>=6"]},
     entry_points={"console_scripts": ["dglkd=dglkd.cli:main"]},
 )

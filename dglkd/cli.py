@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, describe_os_error, printable
 
 EXIT_USER_ERROR = 2
 
@@ -74,6 +74,9 @@ def _config(args: argparse.Namespace):
     if args.resume:
         if args.overrides:
             raise DglkdError("--resume: a resumed run keeps its own config; drop --set")
+        if args.config:
+            raise DglkdError(f"--resume: a resumed run keeps its own config; drop CONFIG "
+                             f"({args.config})")
         return run_config(args.resume)
     if not args.config:
         raise DglkdError(f"{args.command}: give a CONFIG file or --resume RUN_DIR")
@@ -175,26 +178,43 @@ def _run_dist(args: argparse.Namespace, config) -> int:
 
 
 def _run_command(args: argparse.Namespace, config) -> None:
+    from dglkd.engine.io import remove_unstarted
+    from dglkd.engine.parallel import is_main
     from dglkd.engine.run import Experiment
 
     experiment = (Experiment(config, Path(args.resume), say=print) if args.resume
                   else Experiment.create(config, args.out))
     if args.resume:
         print(f"resuming {args.resume}")
-    if args.command == "train-teacher":
-        experiment.train_teachers()
-    elif args.command == "compare":
-        experiment.compare(_method_labels(args))
-    else:
-        experiment.distill()
+    try:
+        if args.command == "train-teacher":
+            experiment.train_teachers()
+        elif args.command == "compare":
+            experiment.compare(_method_labels(args))
+        else:
+            experiment.distill()
+    except (DglkdError, OSError, MemoryError):
+        if not args.resume and is_main() and remove_unstarted(experiment.run_dir):
+            print(f"removed the run folder {experiment.run_dir}: the run failed before "
+                  "anything was trained")
+        raise
+
+
+def _fail(message: str) -> int:
+    print(f"dglkd: error: {printable(message)}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except DglkdError as exc:
-        print(f"dglkd: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(str(exc))
+    except OSError as exc:  # the machine's side: full, read-only, missing or misnamed paths
+        return _fail(describe_os_error(exc))
+    except MemoryError:
+        return _fail("out of memory; lower the model's hidden/layers, batch_size or "
+                     "eval_batch_size, or use a machine with more memory")
     except KeyboardInterrupt:
         print("dglkd: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
         return 130

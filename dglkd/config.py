@@ -19,12 +19,13 @@ import yaml
 
 from dglkd.errors import DglkdError, describe_validation_error
 from dglkd.methods.recipe import TermSpec, check_recipe, recipe_spec
-from dglkd.models import model_options
+from dglkd.models import check_model_options
 from dglkd.models.registry import MODELS
 
 
 class Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True,
+                                       allow_inf_nan=False)
 
 
 GRAPH_DATASETS = ("cora", "citeseer", "npz", "graph_file", "synthetic", "dist")
@@ -65,16 +66,16 @@ class DataConfig(Strict):
     root: Optional[str] = None
     split: Literal["public", "per_class"] = "public"
     lcc: bool = True
-    train_per_class: int = pydantic.Field(20, ge=1)
-    val_per_class: int = pydantic.Field(30, ge=0)
-    split_seed: Optional[int] = None
+    train_per_class: int = pydantic.Field(20, ge=1, le=1_000_000)
+    val_per_class: int = pydantic.Field(30, ge=0, le=1_000_000)
+    split_seed: Optional[int] = pydantic.Field(None, ge=0, lt=2**32)
     inductive: bool = False
     hidden_test_share: float = pydantic.Field(0.2, gt=0.0, lt=1.0)
     self_loop: bool = True
-    train_size: int = pydantic.Field(1000, ge=1)
-    val_size: int = pydantic.Field(1000, ge=0)
-    num_nodes: int = pydantic.Field(169_343, ge=10)
-    num_edges: int = pydantic.Field(1_166_243, ge=10)
+    train_size: int = pydantic.Field(1000, ge=1, le=100_000_000)
+    val_size: int = pydantic.Field(1000, ge=0, le=100_000_000)
+    num_nodes: int = pydantic.Field(169_343, ge=10, le=2**31 - 1)
+    num_edges: int = pydantic.Field(1_166_243, ge=10, le=2**40)
     # NOSMOG's DeepWalk position features appended to every node's features, e.g.
     # {dim: 128}; see dglkd.data.positional.PositionalParams.
     positional: Optional[dict[str, Any]] = None
@@ -105,26 +106,27 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: int = pydantic.Field(200, ge=1)
+    epochs: int = pydantic.Field(200, ge=1, le=100_000)
     lr: float = pydantic.Field(0.01, gt=0)
-    weight_decay: float = pydantic.Field(5e-4, ge=0)
+    # Above 1 an L2 step shrinks every weight past zero.
+    weight_decay: float = pydantic.Field(5e-4, ge=0, le=1.0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = 0.9
+    momentum: float = pydantic.Field(0.9, ge=0, lt=1)
     schedule: Literal["none", "step", "cosine"] = "none"
-    milestones: list[int] = []
-    gamma: float = 0.1
+    milestones: list[pydantic.conint(ge=1, le=100_000)] = []
+    gamma: float = pydantic.Field(0.1, gt=0, le=1)
     # Image data: images per batch (64 when absent). Graphs: seed nodes per batch; absent
     # means one full-graph step per epoch.
-    batch_size: Optional[int] = pydantic.Field(None, ge=1)
+    batch_size: Optional[int] = pydantic.Field(None, ge=1, le=1 << 30)
     fanouts: Optional[list[int]] = None
     num_workers: int = pydantic.Field(0, ge=0, le=64)
-    eval_batch_size: int = pydantic.Field(4096, ge=1)
-    checkpoint_every: int = pydantic.Field(10, ge=1)
+    eval_batch_size: int = pydantic.Field(4096, ge=1, le=1 << 30)
+    checkpoint_every: int = pydantic.Field(10, ge=1, le=100_000)
 
     @pydantic.field_validator("fanouts")
     @classmethod
     def _fanouts(cls, fanouts: Optional[list[int]]) -> Optional[list[int]]:
-        if fanouts is not None and (not fanouts or any(f == 0 or f < -1 for f in fanouts)):
+        if fanouts is not None and (not fanouts or any(f == 0 or f < -1 or f > 1_000_000 for f in fanouts)):
             raise ValueError("one positive fan-out per GNN layer, or -1 for all neighbours")
         return fanouts
 
@@ -162,9 +164,10 @@ class LogConfig(Strict):
 class Config(Strict):
     """A whole experiment: data, teacher, student, method, training, seeds."""
 
-    name: str = "experiment"
-    seed: int = 0
-    n_runs: int = pydantic.Field(3, ge=1)
+    name: str = pydantic.Field("experiment", min_length=1, max_length=200)
+    # numpy seeds lie in [0, 2**32): seed + n_runs - 1 must too.
+    seed: int = pydantic.Field(0, ge=0, lt=2**31)
+    n_runs: int = pydantic.Field(3, ge=1, le=1000)
     device: str = "cpu"
     data: DataConfig = DataConfig()
     teacher: ModelConfig = ModelConfig(model="gcn")
@@ -184,16 +187,33 @@ class Config(Strict):
     @pydantic.field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
-        import torch
-
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise ValueError("unknown device; allowed: cpu, cuda, cuda:N, mps") from None
+        problem = device_problem(device)
+        if problem:
+            raise ValueError(problem)
         return device
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.n_runs)]
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device this machine can train on, or None."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        return "unknown device; allowed: cpu, cuda, cuda:N, mps"
+    if device.type == "cpu":
+        return None if device.index in (None, 0) else "one CPU device: use cpu"
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            return "this torch/DGL build sees no CUDA GPU; use cpu"
+        return None if (device.index or 0) < count else f"this machine has {count} GPU(s)"
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else "MPS is not available here"
+    return f"{device.type!r} devices are not supported; allowed: cpu, cuda, cuda:N, mps"
 
 
 def import_modules(modules: list[str], key: str = "imports") -> None:
@@ -220,12 +240,7 @@ def model_depth(spec: ModelConfig) -> int:
 def _check_models(config: Config) -> None:
     for side in ("teacher", "student"):
         spec: ModelConfig = getattr(config, side)
-        MODELS.get(spec.model, key=f"{side}.model")
-        allowed = model_options(spec.model)
-        for option in spec.options():
-            if option not in allowed:
-                raise DglkdError(f"{side}.{option}: unknown option for model {spec.model!r}; "
-                                 f"allowed: model, {', '.join(allowed)}")
+        check_model_options(spec.model, spec.options(), side)
 
 
 def _check_training(config: Config) -> None:
@@ -259,6 +274,7 @@ def _check_methods(config: Config) -> None:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
+    check_keys(raw, "config")
     try:
         config = Config(**raw)
     except pydantic.ValidationError as exc:
@@ -310,16 +326,30 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+MAX_DEPTH = 16  # the schema nests 4 levels; anything far deeper is not a config
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path)
+    if file.is_dir():
+        raise DglkdError(f"{file}: a folder; give a YAML config file (e.g. "
+                         "configs/cora_gcn_glnn.yaml), or --resume RUN_DIR for a run folder")
     if not file.is_file():
         raise DglkdError(f"config file not found: {file}")
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DglkdError(f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start}); save the config as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
         raise DglkdError(f"{file}{where}: not valid YAML") from None
+    except RecursionError:
+        raise DglkdError(f"{file}: nested deeper than YAML can read; a config nests "
+                         f"{MAX_DEPTH} levels at most") from None
     # An empty file would otherwise run the default recipe, which nobody asked for.
     if raw is None or raw == {}:
         raise DglkdError(f"{file}: empty (no keys); write the experiment's keys, e.g. "
@@ -327,8 +357,24 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise DglkdError(f"{file}: the top level must be a mapping of keys, not a "
                          f"{type(raw).__name__}")
+    check_keys(raw, str(file))
     raw.setdefault("name", file.stem)
     return raw
+
+
+def check_keys(node: Any, where: str, depth: int = 0) -> None:
+    """Every mapping key a string, no deeper than ``MAX_DEPTH``: what YAML allows beyond
+    that (``1:``, ``null:``, thousands of levels) is no config."""
+    if depth > MAX_DEPTH:
+        raise DglkdError(f"{where}: nested more than {MAX_DEPTH} levels deep; a config "
+                         "nests 4 at most")
+    children = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list) else ()
+    for key, child in children:
+        if isinstance(node, dict) and not isinstance(key, str):
+            raise DglkdError(f"{where}: key {key!r} is not a name; keys are words such as "
+                             "train or epochs")
+        check_keys(child, where, depth + 1)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:

@@ -145,6 +145,37 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(write_config, small_co
     assert [h["epoch"] for h in history] == list(range(80))
 
 
+def test_a_kill_inside_a_manifest_write_resumes_like_an_uninterrupted_run(
+        write_config, small_cora, tmp_path):
+    small_cora["cache_dir"] = str(tmp_path / "cache")
+    config = write_config(small_cora)
+    killed = _distill_subprocess(config, tmp_path / "killed", kill="write:manifest.json:12")
+    assert killed.returncode == -9, killed.stderr
+    run_dir = _run_dirs(tmp_path / "killed")[0]
+    assert list(run_dir.rglob(".*.tmp")), "the kill should leave the manifest's temp file"
+    resumed = _distill_subprocess(None, tmp_path / "unused", "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = _distill_subprocess(config, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    a, b = _results(run_dir), _results(_run_dirs(tmp_path / "straight")[0])
+    for role in ("teacher", "baseline", "student"):
+        assert a[role]["runs"] == b[role]["runs"], role
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
+def test_a_kill_inside_the_config_write_asks_for_a_new_start(write_config, small_cora,
+                                                              tmp_path):
+    config = write_config(small_cora)
+    killed = _distill_subprocess(config, tmp_path / "killed", kill="write:config.yaml:1")
+    assert killed.returncode == -9, killed.stderr
+    run_dir = _run_dirs(tmp_path / "killed")[0]
+    resumed = _distill_subprocess(None, tmp_path / "unused", "--resume", run_dir)
+    lines = resumed.stderr.strip().splitlines()
+    assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr
+    assert "stopped before its config.yaml was saved" in lines[0] and "start it again" in lines[0]
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
 def test_user_graph_file(cli, write_config, small_cora, tmp_path):
     from dglkd.data.planetoid import load_planetoid
 

@@ -317,6 +317,24 @@ def test_pretraining_stage_is_seeded_and_trains_only_the_method(mnist_root, tmp_
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+class DivergingProbe(TeacherProbe):
+    def pretrain_terms(self, teacher: Knowledge, index=None) -> dict[str, torch.Tensor]:
+        return {"fit": super().pretrain_terms(teacher, index)["fit"] * float("inf")}
+
+
+def test_a_diverging_first_stage_stops_with_one_line(mnist_root):
+    backend = small_backend(mnist_root)
+    teacher = backend.new_model(backend.config.teacher, "teacher")
+    method = DivergingProbe(backend.method_context(teacher, teacher))
+    objective = compose(ce=1.0, probe=method, context=method.context)
+    cfg = backend.config.train
+    with pytest.raises(DglkdError, match=r"first-stage loss is (inf|nan) at epoch 0; likely "
+                                         r"cause: its learning rate"):
+        pretrain(objective, backend.batches(teacher, cfg, None, backend.generator()),
+                 teacher, cfg)
+    assert not method.frozen
+
+
 def test_context_probes_shapes_and_counts_training_images(mnist_root):
     backend = small_backend(mnist_root)
     teacher = backend.new_model(backend.config.teacher, "teacher")

@@ -204,13 +204,14 @@ def test_a_diverging_learning_rate_stops_the_phase_with_one_line(tmp_path, plane
     line = _one_line_error(code, err, "teacher_seed0", "loss term", "at epoch",
                            "teacher_train.lr=1e+30")
     assert "'ce'" in line
-    assert not (_run_dir(tmp_path / "runs") / "results.json").exists()
+    # Diverged before its first checkpoint: nothing to resume, so no folder is left.
+    assert not list((tmp_path / "runs").glob("*/results.json"))
 
 
 def test_a_zero_temperature_is_refused_by_the_config(tmp_path, planetoid_root):
     config = _config(tmp_path, planetoid_root, method={"name": "glnn", "temperature": 0})
     code, _, err = run_cli("distill", config, "--out", tmp_path / "runs")
-    _one_line_error(code, err, "method.temperature", "greater than 0")
+    _one_line_error(code, err, "method.temperature", "greater than or equal to 0.01")
 
 
 def _tiny_graph(num_classes: int = 3) -> dgl.DGLGraph:

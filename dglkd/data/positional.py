@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import random
 import tempfile
@@ -37,7 +38,7 @@ CACHE_VERSION = 1
 class PositionalParams(pydantic.BaseModel):
     """DeepWalk's constants (``dgl.nn.DeepWalk`` and its training loop)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dim: int = pydantic.Field(128, ge=1, le=4096, description="embedding width")
     walk_length: int = pydantic.Field(20, ge=2, le=1000, description="nodes per random walk")
@@ -51,8 +52,9 @@ class PositionalParams(pydantic.BaseModel):
     batch_size: int = pydantic.Field(32, ge=1, le=1 << 20, description="walks per step")
     lr: float = pydantic.Field(0.05, gt=0, le=10.0, description="sparse Adam learning rate")
     seed: Optional[int] = pydantic.Field(
-        None, ge=0, description="DeepWalk's seed; none: the dataset's seed (a fixed one lets "
-                                "the runs of every split seed share one cached embedding)")
+        None, ge=0, lt=2**32,
+        description="DeepWalk's seed; none: the dataset's seed (a fixed one lets the runs of "
+                    "every split seed share one cached embedding)")
     standardize: bool = pydantic.Field(
         True, description="scale every embedding column to zero mean and unit variance "
                           "(over the nodes DeepWalk saw), so they sit on the features' scale")
@@ -146,10 +148,12 @@ def _atomic_save(tensor: Tensor, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a reader never sees a
     half-written file, and two writers leave one whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # in memory first: a full disk then raises ENOSPC, not a zip error
+    torch.save(tensor, buffer)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(tensor, tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getbuffer())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

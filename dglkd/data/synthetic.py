@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dglkd.data.task import GraphTask, masks_from_indices
 from dglkd.errors import DglkdError
+from dglkd.resources import check_fits
 
 # ogbn-arxiv: 169,343 nodes; 1,166,243 generated edges, symmetrised with duplicates merged.
 ARXIV_SHAPE: dict = {"num_nodes": 169_343, "num_edges": 1_166_243, "num_features": 128,
@@ -194,6 +195,11 @@ def _check(num_nodes: int, num_edges: int, num_classes: int, num_features: int, 
             f"synthetic graph: num_edges={num_edges} distinct undirected edges do not fit in {num_nodes} nodes; "
             f"allowed at most {num_nodes * (num_nodes - 1) // 2}"
         )
+    # float32 features, and each edge stored both ways as int64 ends in about three
+    # formats (COO, CSR, CSC) while the graph is built.
+    check_fits(num_nodes * (num_features * 4 + 64) + num_edges * 2 * 16 * 3,
+               f"synthetic graph of {num_nodes:,} nodes and {num_edges:,} edges",
+               "lower data.num_nodes / data.num_edges")
     if not (0 < train_share and 0 <= val_share and train_share + val_share < 1):
         raise DglkdError(f"synthetic graph: train_share={train_share}, val_share={val_share} must leave a test share")
 

@@ -38,6 +38,11 @@ class TeacherCache:
         self.folder = Path(folder)
         self._tidied = False
 
+    def create(self) -> None:
+        """Make the folder now, so a path that cannot hold it (a file, /proc, a read-only
+        or full disk) fails before anything trains, not when the first teacher is saved."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+
     def path(self, key: dict[str, Any]) -> Path:
         return self.folder / f"teacher-{digest(key)}.pt"
 

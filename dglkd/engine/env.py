@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dglkd.config import device_problem
 from dglkd.errors import DglkdError
 
 
@@ -41,11 +42,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DglkdError(f"device: {name!r} asked for, but this torch/DGL build has no CUDA; "
-                         "use device=cpu")
-    return device
+    problem = device_problem(name)
+    if problem:
+        raise DglkdError(f"device: {name!r}: {problem}")
+    return torch.device(name)
 
 
 def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:

@@ -149,7 +149,9 @@ class GraphData:
         ``folder``; computed layer by layer and written there (once) when they are missing
         or fail the check of a seeded sample of nodes."""
         try:
-            store = open_soft_labels(folder)
+            # Every byte against the header's SHA-256 (about a second per GB): the sample
+            # check below would miss a damaged row outside its sample.
+            store = open_soft_labels(folder, verify="sha256")
         except DglkdError as exc:
             say(f"soft labels: {exc}; they will be recomputed")
             store = None

@@ -81,6 +81,9 @@ class ImageBackend:
     def batch_size(self, cfg: TrainConfig) -> int:
         size = cfg.batch_size or DEFAULT_BATCH_SIZE
         n_train = len(self.task.splits["train"])
+        if n_train < 2:
+            raise DglkdError(f"data.train_size: {n_train} training image(s); BatchNorm needs "
+                             "batches of two or more, so give at least 2")
         if size < 2 or size > n_train:
             raise DglkdError(f"batch_size: {size} must lie in 2..{n_train} (the training "
                              "images; BatchNorm needs two per batch); set train.batch_size / "

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +56,11 @@ def _atomic(path: Path, write: Callable[[Any], Any], record: bool = True) -> Pat
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
-    return _atomic(Path(path), lambda handle: torch.save(obj, handle))
+    # Serialised in memory first: torch.save straight into a full disk's file fails with
+    # "unexpected pos" from its zip writer instead of the OSError that names the cause.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return _atomic(Path(path), lambda handle: handle.write(buffer.getbuffer()))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -75,7 +80,8 @@ def new_run_dir(out: str | os.PathLike, name: str) -> Path:
     if not os.fspath(out).strip():
         raise DglkdError("--out: empty folder name; give the folder for run folders, "
                          "e.g. --out runs")
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "run"
+    # A file name holds 255 bytes: the stamp and suffix need 21 of them.
+    safe = (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "run")[:200]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     Path(out).mkdir(parents=True, exist_ok=True)
     for attempt in range(1000):
@@ -89,6 +95,21 @@ def new_run_dir(out: str | os.PathLike, name: str) -> Path:
         track(path)
         return path
     raise RuntimeError(f"could not create a new run folder under {out}")
+
+
+START_FILES = {MANIFEST, "config.yaml", "environment.json"}
+
+
+def remove_unstarted(run_dir: str | os.PathLike) -> bool:
+    """Delete a run folder that holds only what every run starts with (nothing trained,
+    nothing to resume); True when it was removed."""
+    folder = Path(run_dir)
+    if not folder.is_dir() or any(p.name not in START_FILES or p.is_dir()
+                                  for p in folder.iterdir()):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    _TRACKED.discard(folder.resolve())
+    return True
 
 
 # -- digests and the manifest -----------------------------------------------------------

@@ -11,8 +11,9 @@ from dglkd.config import Config, ModelConfig, TrainConfig, dump_config, load_con
 from dglkd.engine.backends import Backend, make_backend
 from dglkd.engine.cache import TeacherCache, matches, teacher_key
 from dglkd.engine.env import environment, resolve_device, seed_everything
-from dglkd.engine.io import (load_torch_bytes, new_run_dir, remove_stray_tmp, save_torch,
-                             track, verified_bytes, write_json, write_text)
+from dglkd.engine.io import (MANIFEST, load_torch_bytes, new_run_dir, remove_stray_tmp,
+                             remove_unstarted, save_torch, track, verified_bytes, write_json,
+                             write_text)
 from dglkd.engine.loop import PhaseResult, fit
 from dglkd.engine.parallel import broadcast, is_main, local_device
 from dglkd.engine.results import summarize_role, write_comparison, write_results
@@ -48,11 +49,20 @@ def method_variants(config: Config, labels: list[str]) -> dict[str, dict[str, An
     return chosen
 
 
-def run_config(run_dir: str | Path) -> Config:
-    """The config a run folder was started with (its ``imports`` are imported again)."""
+def run_config(run_dir: str | Path, command: str = "--resume") -> Config:
+    """The config a run folder was started with (its ``imports`` are imported again);
+    ``command`` (``--resume`` or ``evaluate``) is what errors name."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DglkdError(f"{command} {run_dir}: no such folder; give a run folder (printed "
+                         "as 'run folder: ...' when the run started)")
     if not (run_dir / "config.yaml").is_file():
-        raise DglkdError(f"--resume {run_dir}: no config.yaml there (not a dglkd run folder)")
+        if (run_dir / MANIFEST).is_file():  # killed while its config was being written
+            remove_stray_tmp(run_dir)
+            raise DglkdError(f"{command} {run_dir}: the run stopped before its config.yaml "
+                             "was saved, so nothing was trained; start it again from its "
+                             "CONFIG")
+        raise DglkdError(f"{command} {run_dir}: no config.yaml there (not a dglkd run folder)")
     _, problem = verified_bytes(run_dir, run_dir / "config.yaml")
     if problem is not None:
         raise DglkdError(f"{run_dir / 'config.yaml'}: {problem}; the run cannot be resumed "
@@ -73,6 +83,8 @@ class Experiment:
         self.device = local_device(resolve_device(config.device))
         self.backend: Backend = make_backend(config, self.device, say)
         self.cache = TeacherCache(config.cache_dir or run_dir.parent / "cache")
+        if is_main():
+            self.cache.create()
         self.formulas: dict[str, str] = {}
 
     # -- folders ---------------------------------------------------------------------
@@ -87,12 +99,19 @@ class Experiment:
             write_json(run_dir / "environment.json",
                        environment(resolve_device(config.device), config.seeds()))
             say(f"run folder: {run_dir}")
-        return cls(config, broadcast(run_dir), say)
+        try:
+            return cls(config, broadcast(run_dir), say)
+        except (DglkdError, OSError, MemoryError):  # e.g. the data cannot be loaded
+            if run_dir is not None and remove_unstarted(run_dir):
+                say(f"removed the run folder {run_dir}: the run failed before anything "
+                    "was trained")
+            raise
 
     @classmethod
-    def resume(cls, run_dir: str | Path, say: Say = print) -> "Experiment":
+    def resume(cls, run_dir: str | Path, say: Say = print,
+               command: str = "--resume") -> "Experiment":
         say(f"resuming {run_dir}")
-        return cls(run_config(run_dir), Path(run_dir), say)
+        return cls(run_config(run_dir, command), Path(run_dir), say)
 
     def tb_dir(self, phase: str) -> Path | None:
         return self.run_dir / "tb" / phase if self.config.log.tensorboard else None
@@ -154,7 +173,9 @@ class Experiment:
                      "retraining from a fresh initialisation")
             seed_everything(seed)  # never from the entry's weights, just loaded above
             model = self.backend.new_model(cfg.teacher, "teacher")
-        self.say(f"teacher seed {seed}: training {cfg.teacher.model}")
+        done = (self.run_dir / "phases" / f"teacher_seed{seed}.json").is_file()
+        self.say(f"teacher seed {seed}: " + ("finished in this run folder, loading it" if done
+                                             else f"training {cfg.teacher.model}"))
         objective = self.objective(TEACHER_RECIPE, "teacher", model, None)
         result = self._fit(f"teacher_seed{seed}", model, objective, None, cfg.teacher_train,
                            cfg.teacher).summary()
@@ -253,7 +274,7 @@ class Experiment:
 
 def evaluate_run(run_dir: str | Path, say: Say = print) -> dict[str, dict[str, float]]:
     """Re-evaluate every model a run saved (best-validation weights) on its splits."""
-    experiment = Experiment.resume(run_dir, say=lambda _msg: None)
+    experiment = Experiment.resume(run_dir, say=lambda _msg: None, command="evaluate")
     scores: dict[str, dict[str, float]] = {}
     for file in sorted((experiment.run_dir / "models").glob("*_seed*.pt")):
         role, seed = file.stem.rsplit("_seed", 1)

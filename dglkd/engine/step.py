@@ -21,6 +21,7 @@ from dglkd.config import TrainConfig
 from dglkd.engine.loop import Phase
 from dglkd.engine.optim import make_optimizer, make_scheduler
 from dglkd.engine.parallel import all_reduce_mean, broadcast, is_main, world, wrap_ddp
+from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, Recipe, capture
 from dglkd.methods.adv import Rerun
 from dglkd.methods.context import frozen_knowledge
@@ -184,13 +185,19 @@ def pretrain(objective: Recipe, batches: BatchSource, teacher: nn.Module,
     optimizer = make_optimizer(cfg, objective.parameters())
     teacher_names = objective.required_features()[1]
     objective.train()
-    for _ in range(objective.pretrain_epochs()):
+    for epoch in range(objective.pretrain_epochs()):
         for batch in batches():
             knowledge = teacher_knowledge(batch, teacher, teacher_names)
             loss = sum(objective.pretrain_terms(knowledge, batch.index).values())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        # Once an epoch (one device sync): a diverged first stage would hand the student
+        # meaningless attention weights without a word.
+        if not torch.isfinite(loss.detach()):
+            raise DglkdError(f"{objective.name}: first-stage loss is {float(loss)} at epoch "
+                             f"{epoch}; likely cause: its learning rate ({cfg.lr:g}; "
+                             "method.pretrain_lr) is too large; training stopped")
     objective.end_pretraining()
 
 

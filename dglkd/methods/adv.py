@@ -42,7 +42,8 @@ class AdvParams(MethodParams):
     lam: float = pydantic.Field(0.0, ge=0.0, le=1.0,
                                 description="share of CE on the labels in the attacked and "
                                             "trained loss; 1 − λ goes to the KL to the teacher")
-    temperature: float = pydantic.Field(1.0, gt=0, description="softmax temperature of the KL")
+    temperature: float = pydantic.Field(1.0, ge=0.01, le=1000,
+                                       description="softmax temperature of the KL")
 
 
 @register_method("adv_aug")

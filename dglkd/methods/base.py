@@ -130,7 +130,7 @@ class MethodContext:
 class MethodParams(pydantic.BaseModel):
     """Base of every method's constants; give each field a ``description``."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DistillMethod(nn.Module):

@@ -13,7 +13,7 @@ class GLNNParams(MethodParams):
     lam: float = pydantic.Field(0.0, ge=0.0, le=1.0,
                                 description="λ: the share of CE on the labels; 1 − λ goes "
                                             "to the KL to the teacher")
-    temperature: float = pydantic.Field(1.0, gt=0,
+    temperature: float = pydantic.Field(1.0, ge=0.01, le=1000,
                                         description="softmax temperature of the KL term")
 
 

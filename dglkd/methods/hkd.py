@@ -26,7 +26,8 @@ class HKDParams(ContrastiveParams):
     momentum: float = pydantic.Field(0.9, ge=0.0, le=1.0, description="memory-bank momentum")
     relation: Literal["knn", "native"] = pydantic.Field(
         "knn", description="the instance graph: kNN over the batch, or the batch's own graph")
-    k: int = pydantic.Field(8, ge=1, description="neighbours per instance of the kNN graph")
+    k: int = pydantic.Field(8, ge=1, le=1024,
+                            description="neighbours per instance of the kNN graph")
     knn_feature: str = pydantic.Field("logits", description="what the kNN graph is built on")
     knn_metric: Literal["cosine", "euclidean"] = pydantic.Field(
         "cosine", description="distance of the kNN graph")

@@ -10,8 +10,9 @@ from dglkd.methods.functional import soft_kl
 
 class KDParams(MethodParams):
     temperature: float = pydantic.Field(
-        4.0, gt=0, description="softmax temperature T of both networks' logits (the KL is "
-                               "multiplied by T²)")
+        4.0, ge=0.01, le=1000,
+        description="softmax temperature T of both networks' logits (the KL is "
+                    "multiplied by T²)")
 
 
 def kd_term(batch: DistillBatch, temperature: float) -> Tensor:

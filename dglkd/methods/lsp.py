@@ -41,8 +41,10 @@ class LSPParams(MethodParams):
                                                                 "path or alias)")
     teacher_feature: str = pydantic.Field("hidden", description="teacher feature, likewise")
     kernel: Kernel = pydantic.Field("l1", description="similarity kernel between neighbours")
-    l1_scale: float = pydantic.Field(100.0, gt=0, description="l1 kernel: exp(−‖·‖₁/scale)")
-    rbf_gamma: float = pydantic.Field(1.0, gt=0, description="rbf kernel: exp(−γ‖·‖²)")
+    l1_scale: float = pydantic.Field(100.0, gt=0, le=1e6,
+                                     description="l1 kernel: exp(−‖·‖₁/scale)")
+    rbf_gamma: float = pydantic.Field(1.0, gt=0, le=1e6,
+                                      description="rbf kernel: exp(−γ‖·‖²)")
     poly_degree: int = pydantic.Field(2, ge=1, le=16, description="poly kernel degree d")
     poly_coef: float = pydantic.Field(1.0, description="poly kernel constant c")
     kernel_as_logit: bool = pydantic.Field(
@@ -53,7 +55,7 @@ class LSPParams(MethodParams):
                            "in-neighbours contributes 0) or over nodes with in-neighbours")
     graph: Literal["native", "union_knn"] = pydantic.Field(
         "native", description="the batch's own graph, or the union of both kNN graphs")
-    k: int = pydantic.Field(8, ge=1, description="neighbours of the kNN graphs")
+    k: int = pydantic.Field(8, ge=1, le=1024, description="neighbours of the kNN graphs")
     knn_metric: Literal["cosine", "euclidean"] = pydantic.Field(
         "cosine", description="distance of the kNN graphs")
     knn_include_self: bool = pydantic.Field(False, description="self among the k neighbours")

@@ -208,15 +208,17 @@ class ContrastiveParams(MethodParams):
     teacher_feature: str = pydantic.Field("pool", description="the teacher's feature, likewise")
     embed_dim: int = pydantic.Field(128, ge=1, le=65536,
                                     description="width of the l2-normalised embeddings")
-    nce_temperature: float = pydantic.Field(0.07, gt=0, description="InfoNCE temperature")
+    nce_temperature: float = pydantic.Field(0.07, ge=1e-3, le=100,
+                                          description="InfoNCE temperature")
     negatives: Literal["memory", "batch"] = pydantic.Field(
         "memory", description="negatives from a memory bank of every training instance, or "
                               "from the batch's other-class rows (small data)")
     negatives_from: Literal["other", "own"] = pydantic.Field(
         "other", description="read an anchor's negatives from the other network's memory "
                              "(CRD) or its own (the HKD authors' code)")
-    num_negatives: int = pydantic.Field(16384, ge=1, description="size of the shared pool "
-                                                                 "of negatives per batch")
+    num_negatives: int = pydantic.Field(16384, ge=1, le=1 << 20,
+                                        description="size of the shared pool of negatives "
+                                                    "per batch")
     momentum: float = pydantic.Field(0.5, ge=0.0, le=1.0,
                                      description="memory-bank momentum")
 

@@ -32,8 +32,9 @@ class MHGDParams(MethodParams):
     heads: int = pydantic.Field(8, ge=1, le=64, description="attention heads per stage pair")
     student_candidates: int = pydantic.Field(
         4, ge=1, description="student singular vectors the best-aligned one is chosen from")
-    pretrain_epochs: int = pydantic.Field(40, ge=0, description="epochs of the first stage "
-                                                                "(attention on the teacher)")
+    pretrain_epochs: int = pydantic.Field(40, ge=0, le=100_000,
+                                          description="epochs of the first stage "
+                                                      "(attention on the teacher)")
     drop_heads: bool = pydantic.Field(True, description="random head drop in the first stage")
     reduction: Literal["sum", "mean"] = pydantic.Field(
         "sum", description="graph KL summed over the batch's rows (the authors') or "
@@ -56,7 +57,8 @@ class MHGDParams(MethodParams):
                                               description="first-stage SGD momentum")
     pretrain_weight_decay: float = pydantic.Field(
         5e-4, ge=0, le=1.0, description="first-stage L2 on the attention weights")
-    svd_eps: float = pydantic.Field(1e-3, gt=0, description="eigenvalue gap guard of the SVD")
+    svd_eps: float = pydantic.Field(1e-3, gt=0, le=1.0,
+                                    description="eigenvalue gap guard of the SVD")
 
 
 # -- a singular value decomposition whose gradient stays finite --------------------------

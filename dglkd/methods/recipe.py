@@ -378,8 +378,11 @@ def build_recipe(spec: Mapping[str, TermSpec], context: MethodContext,
     members = {}
     for label, member in spec.items():
         cls = METHODS.get(member.method, key=f"{key}.terms.{label}.name")
-        members[label] = (member.weight, cls(parse_params(member.method, member.params,
-                                                          key=key), context))
+        params = parse_params(member.method, member.params, key=key)
+        try:
+            members[label] = (member.weight, cls(params, context))
+        except DglkdError as exc:  # e.g. a feature the networks do not have: name the term
+            raise DglkdError(f"{key} ({label}): {exc}") from None
     return Recipe(members, {label: m.schedule for label, m in spec.items()})
 
 

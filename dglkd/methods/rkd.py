@@ -14,9 +14,10 @@ class RKDParams(MethodParams):
 
     student_feature: str = pydantic.Field("hidden", description="the student's feature")
     teacher_feature: str = pydantic.Field("hidden", description="the teacher's feature")
-    distance_weight: float = pydantic.Field(25.0, ge=0, description="weight of the distance "
-                                                                    "term")
-    angle_weight: float = pydantic.Field(50.0, ge=0, description="weight of the angle term")
+    distance_weight: float = pydantic.Field(25.0, ge=0, le=1e6,
+                                            description="weight of the distance term")
+    angle_weight: float = pydantic.Field(50.0, ge=0, le=1e6,
+                                         description="weight of the angle term")
     max_instances: int = pydantic.Field(256, ge=3, le=4096,
                                         description="instances per step (the angle term "
                                                     "costs B³)")

@@ -30,8 +30,10 @@ from torch import Tensor, nn
 
 from dglkd.engine.tracking import progress as progress_bar
 from dglkd.errors import DglkdError
-from dglkd.models.registry import MODELS
+from dglkd.models.registry import (MODELS, Aggregator, Depth, Heads, Norm, Rate, Slope,
+                                   Width)
 from dglkd.models.tap import FeatureTap
+from dglkd.resources import TRAINING_BYTES_PER_PARAMETER, check_fits
 
 # What a model's ``graph`` argument may be: a whole graph, one block per layer, or None
 # (the MLP only).
@@ -181,21 +183,28 @@ def _degree_correction(block: dgl.DGLGraph) -> Tensor:
     return (local / whole).sqrt()
 
 
-def _widths(in_dim: int, hidden: int, num_classes: int, layers: int) -> list[int]:
-    if layers < 1:
-        raise DglkdError(f"layers: must be at least 1 (got {layers})")
-    return [in_dim] + [hidden] * (layers - 1) + [num_classes]
+def _widths(in_dim: int, hidden: int, num_classes: int, layers: int, heads: int = 1) -> list[int]:
+    """Layer widths, after checking the model fits this machine: DGL's convs allocate
+    their weights with ``torch.Tensor(a, b)``, which ignores ``torch.device("meta")``, so
+    the size must be known before a single layer is built. An upper bound: two weight
+    matrices per layer (SAGE's self and neighbour weights), ``heads`` on both sides."""
+    widths = [in_dim] + [hidden] * (layers - 1) + [num_classes]
+    size = 2 * heads * heads * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    check_fits(size * TRAINING_BYTES_PER_PARAMETER, f"training about {size:,} parameters",
+               "lower hidden or layers")
+    return widths
 
 
 @MODELS.register("mlp")
-def mlp(num_classes: int, in_features: int, hidden: int = 256, layers: int = 2,
-        dropout: float = 0.0, norm: str = "none") -> nn.Module:
+def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth = 2,
+        dropout: Rate = 0.0, norm: Norm = "none") -> nn.Module:
+    _widths(in_features, hidden, num_classes, layers)
     return MLP(in_features, hidden, num_classes, layers, dropout, norm)
 
 
 @MODELS.register("gcn")
-def gcn(num_classes: int, in_features: int, hidden: int = 64, layers: int = 2,
-        dropout: float = 0.5, norm: str = "none") -> nn.Module:
+def gcn(num_classes: int, in_features: int, hidden: Width = 64, layers: Depth = 2,
+        dropout: Rate = 0.5, norm: Norm = "none") -> nn.Module:
     """Kipf & Welling, ICLR 2017 (``dgl.nn.GraphConv``, symmetric normalisation)."""
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.GraphConv(a, b, norm="both", allow_zero_in_degree=True)
@@ -205,13 +214,9 @@ def gcn(num_classes: int, in_features: int, hidden: int = 64, layers: int = 2,
 
 
 @MODELS.register("sage")
-def sage(num_classes: int, in_features: int, hidden: int = 128, layers: int = 2,
-         dropout: float = 0.5, norm: str = "none", aggregator: str = "mean") -> nn.Module:
+def sage(num_classes: int, in_features: int, hidden: Width = 128, layers: Depth = 2,
+         dropout: Rate = 0.5, norm: Norm = "none", aggregator: Aggregator = "mean") -> nn.Module:
     """Hamilton et al., NeurIPS 2017 (``dgl.nn.SAGEConv``); GLNN's teacher."""
-    allowed = ("mean", "gcn", "pool", "lstm")
-    if aggregator not in allowed:
-        raise DglkdError(f"aggregator: unknown {aggregator!r}; allowed: {', '.join(allowed)}")
-
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.SAGEConv(a, b, aggregator)
 
@@ -219,16 +224,16 @@ def sage(num_classes: int, in_features: int, hidden: int = 128, layers: int = 2,
 
 
 @MODELS.register("gat")
-def gat(num_classes: int, in_features: int, hidden: int = 8, layers: int = 2,
-        dropout: float = 0.6, norm: str = "none", heads: int = 8, out_heads: int = 1,
-        attn_dropout: float = 0.6, negative_slope: float = 0.2) -> nn.Module:
+def gat(num_classes: int, in_features: int, hidden: Width = 8, layers: Depth = 2,
+        dropout: Rate = 0.6, norm: Norm = "none", heads: Heads = 8, out_heads: Heads = 1,
+        attn_dropout: Rate = 0.6, negative_slope: Slope = 0.2) -> nn.Module:
     """Veličković et al., ICLR 2018 (``dgl.nn.GATConv``); ``hidden`` is the width per head."""
     def make_conv(a: int, b: int, last: bool) -> nn.Module:
         return dglnn.GATConv(a, b, out_heads if last else heads, attn_drop=attn_dropout,
                              negative_slope=negative_slope, allow_zero_in_degree=True)
 
-    return GNN(_widths(in_features, hidden, num_classes, layers), dropout, norm, make_conv,
-               head_count=heads)
+    return GNN(_widths(in_features, hidden, num_classes, layers, heads), dropout, norm,
+               make_conv, head_count=heads)
 
 
 def layerwise_inference(model: LayerStack, graph: dgl.DGLGraph | None, feat: Tensor,

@@ -9,8 +9,9 @@ names in the model's ``feature_aliases``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
+import pydantic
 from torch import nn
 
 from dglkd.registry import Registry
@@ -18,3 +19,14 @@ from dglkd.registry import Registry
 ModelBuilder = Callable[..., nn.Module]
 
 MODELS: Registry[ModelBuilder] = Registry("model")
+
+
+# Option types of the builders: the config checks every option against its builder's
+# annotation, so a value the model cannot be built with is refused at load, by key.
+Width = Annotated[int, pydantic.Field(strict=True, ge=1, le=1 << 16)]
+Depth = Annotated[int, pydantic.Field(strict=True, ge=1, le=64)]
+Heads = Annotated[int, pydantic.Field(strict=True, ge=1, le=64)]
+Rate = Annotated[float, pydantic.Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+Slope = Annotated[float, pydantic.Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Norm = Literal["none", "batch", "layer"]
+Aggregator = Literal["mean", "gcn", "pool", "lstm"]

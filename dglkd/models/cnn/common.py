@@ -170,6 +170,7 @@ def register_cnn(name: str) -> Callable[[CnnBuilder], CnnBuilder]:
         params[1] = params[1].replace(name="in_features", annotation="ImageShape")
         build.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         build.__name__ = build.__qualname__ = name
+        build.__wrapped__ = builder  # type: ignore[attr-defined]  (options' annotations)
         build.__doc__ = builder.__doc__
         MODELS.register(name)(build)
         CNN_NAMES.append(name)

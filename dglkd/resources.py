@@ -1,0 +1,24 @@
+"""What this machine has: the bound a size estimate is checked against before anything
+large is allocated (a model's training state, a generated graph)."""
+from __future__ import annotations
+
+import os
+
+from dglkd.errors import DglkdError
+
+GIB = 2**30
+# float32 weights, gradients and two Adam moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(need: int, what: str, advice: str) -> None:
+    """A one-line error when ``need`` bytes exceed this machine's memory."""
+    have = physical_memory()
+    if need > have:
+        raise DglkdError(f"{what} needs about {need / GIB:,.0f} GiB, more than this "
+                         f"machine's {have / GIB:.0f} GiB; {advice}")
