@@ -586,6 +586,8 @@ def main() -> int:
                 counts[family] = Counter()
                 for label, outcome, detail in outcomes:
                     counts[family][outcome] += 1
+                    if outcome == "ran" and family != "configs and overrides":
+                        print(f"  ran: [{family}] {label}", flush=True)  # few: say which
                     if outcome in FAILURES:
                         failures.append(f"{outcome}: [{family}] {label}\n    {detail}")
                         print(failures[-1], flush=True)
