@@ -77,35 +77,38 @@ def _cache_entry(folder: Path) -> tuple[Path, dict]:
     return path, torch.load(path, weights_only=True)
 
 
+def _copy_of_the_cache(straight, tmp_path: Path) -> tuple[Path, dict]:
+    shutil.copytree(straight[0] / "cache", tmp_path / "cache")
+    return _cache_entry(tmp_path)
+
+
+def _retrain_like_straight(straight, tmp_path: Path, planetoid_root: str) -> str:
+    """Train the teacher on the (altered) copied cache; it must end as the straight run."""
+    code, stdout, err = _train_teacher(_config(tmp_path, planetoid_root), tmp_path / "runs")
+    assert code == 0, err
+    assert _teacher_runs(_run_dir(tmp_path / "runs")) == _teacher_runs(straight[1])
+    return stdout
+
+
 def test_a_cache_entry_that_does_not_reproduce_is_retrained_from_a_fresh_init(
         straight, tmp_path, planetoid_root):
-    folder, straight_dir = straight
-    config = _config(tmp_path, planetoid_root)
-    shutil.copytree(folder / "cache", tmp_path / "cache")
-    _, entry = _cache_entry(tmp_path)
+    _, entry = _copy_of_the_cache(straight, tmp_path)
     # A well-recorded entry whose logits no longer match its weights (other hardware,
     # another torch): its weights must not seed the retraining.
     TeacherCache(tmp_path / "cache").save(entry["key"], _scaled(entry["state"], 50.0),
                                           torch.zeros_like(entry["logits"]), entry["result"])
-    code, stdout, err = _train_teacher(config, tmp_path / "runs")
-    assert code == 0, err
+    stdout = _retrain_like_straight(straight, tmp_path, planetoid_root)
     assert "does not reproduce its outputs; retraining from a fresh initialisation" in stdout
-    assert _teacher_runs(_run_dir(tmp_path / "runs")) == _teacher_runs(straight_dir)
 
 
 def test_edited_cache_results_are_refused_and_the_teacher_retrained(
         straight, tmp_path, planetoid_root):
-    folder, straight_dir = straight
-    config = _config(tmp_path, planetoid_root)
-    shutil.copytree(folder / "cache", tmp_path / "cache")
-    path, entry = _cache_entry(tmp_path)
+    path, entry = _copy_of_the_cache(straight, tmp_path)
     entry["result"] = {**entry["result"], "test_acc": 0.9999}  # weights and logits intact
     torch.save(entry, path)
-    code, stdout, err = _train_teacher(config, tmp_path / "runs")
-    assert code == 0, err
+    stdout = _retrain_like_straight(straight, tmp_path, planetoid_root)
     assert f"teacher cache: {path}:" in stdout and "entry discarded" in stdout
     assert "teacher seed 0: training gcn" in stdout
-    assert _teacher_runs(_run_dir(tmp_path / "runs")) == _teacher_runs(straight_dir)
     # The retrained entry replaced the edited one, with its record.
     assert TeacherCache(tmp_path / "cache").load(entry["key"])["result"]["test_acc"] != 0.9999
 
