@@ -207,3 +207,25 @@ def test_sage_trains_on_sampled_cora_blocks(planetoid_root):
     after = train_loss()
     assert epoch_losses[-1] < epoch_losses[0]
     assert after < before - 0.3, (before, after)
+
+
+def test_building_a_model_leaves_the_random_stream_alone():
+    from dglkd.models import build_model
+
+    torch.manual_seed(0)
+    checked = build_model("gcn", CLASSES, IN_DIM, hidden=6)
+    torch.manual_seed(0)
+    direct = gcn(CLASSES, IN_DIM, hidden=6)
+    assert all(torch.equal(a, b) for a, b in zip(checked.state_dict().values(),
+                                                 direct.state_dict().values()))
+
+
+@pytest.mark.parametrize("name,options", [("gcn", {"hidden": 65536, "layers": 60}),
+                                          ("gat", {"hidden": 4096, "heads": 64}),
+                                          ("mlp", {"hidden": 65536, "layers": 64})])
+def test_a_model_too_large_for_this_machine_is_refused_before_allocating(name, options):
+    from dglkd.models import build_model
+
+    with pytest.raises(DglkdError, match=r"^student: training about [\d,]+ parameters needs "
+                                         r"about [\d,]+ GiB, more than this machine's"):
+        build_model(name, CLASSES, 1433, key="student", **options)

@@ -71,7 +71,9 @@ def _meta_size(builder: Any, num_classes: int, in_features: Any, options: dict[s
     layers that honour it (DGL's convs do not; the graph builders check their size before
     building, see ``gnn._widths``)."""
     try:
-        with torch.device("meta"):
+        # Layers that ignore the meta device initialise real weights from the global
+        # generator: fork it, so the estimate leaves the run's random stream untouched.
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
             return count_parameters(builder(num_classes, in_features, **options))
     except DglkdError as exc:  # the builder's own size check: name the side
         raise DglkdError(f"{key}: {exc}") from None
