@@ -273,8 +273,9 @@ def _check_methods(config: Config) -> None:
         check_recipe(variant.raw(), f"compare.{label}")
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    check_keys(raw, "config")
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
+    """The validated config; ``where`` (the file) is what a malformed key's error names."""
+    check_keys(raw, where)
     try:
         config = Config(**raw)
     except pydantic.ValidationError as exc:
@@ -357,7 +358,6 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise DglkdError(f"{file}: the top level must be a mapping of keys, not a "
                          f"{type(raw).__name__}")
-    check_keys(raw, str(file))
     raw.setdefault("name", file.stem)
     return raw
 
@@ -379,7 +379,7 @@ def check_keys(node: Any, where: str, depth: int = 0) -> None:
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
     """Read, override and validate a YAML config."""
-    return config_from_dict(apply_overrides(read_yaml(path), list(overrides)))
+    return config_from_dict(apply_overrides(read_yaml(path), list(overrides)), str(path))
 
 
 def dump_config(config: Config) -> str:

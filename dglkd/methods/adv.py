@@ -1,12 +1,11 @@
 """NOSMOG's adversarial feature augmentation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import pydantic
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dglkd.errors import DglkdError
@@ -14,10 +13,9 @@ from dglkd.methods.base import (
     DistillBatch,
     DistillMethod,
     Knowledge,
-    MethodParams,
     register_method,
 )
-from dglkd.methods.functional import soft_kl
+from dglkd.methods.glnn import GLNNParams, glnn_terms, glnn_weights
 
 
 @dataclass
@@ -30,7 +28,9 @@ class Rerun:
     run: Callable[[Tensor], Knowledge]
 
 
-class AdvParams(MethodParams):
+class AdvParams(GLNNParams):
+    """GLNN's ``lam`` and ``temperature`` shape the loss that is attacked and trained."""
+
     eps: float = pydantic.Field(0.01, gt=0, le=10.0,
                                 description="L∞ radius ε of the feature perturbation")
     steps: int = pydantic.Field(3, ge=1, le=50, description="sign-gradient ascent steps")
@@ -39,11 +39,6 @@ class AdvParams(MethodParams):
                                          "choice, enough to reach the boundary)")
     random_start: bool = pydantic.Field(True, description="start from a uniform draw in "
                                                           "[−ε, ε] instead of 0")
-    lam: float = pydantic.Field(0.0, ge=0.0, le=1.0,
-                                description="share of CE on the labels in the attacked and "
-                                            "trained loss; 1 − λ goes to the KL to the teacher")
-    temperature: float = pydantic.Field(1.0, ge=0.01, le=1000,
-                                       description="softmax temperature of the KL")
 
 
 @register_method("adv_aug")
@@ -100,20 +95,10 @@ class AdversarialAugmentation(DistillMethod):
         return delta.detach()
 
     def _loss(self, batch: DistillBatch, student: Knowledge) -> Tensor:
-        p = self.params
-        loss = student.logits.new_zeros(())
-        if p.lam:
-            logits, labels = student.logits, batch.labels
-            if labels is None:
-                raise DglkdError(f"method {self.name!r} with lam > 0 needs labels")
-            if batch.label_mask is not None:
-                logits, labels = logits[batch.label_mask], labels[batch.label_mask]
-            loss = loss + p.lam * F.cross_entropy(logits, labels)
-        if p.lam < 1:
-            loss = loss + (1 - p.lam) * soft_kl(batch.distill_rows(student.logits),
-                                                batch.distill_rows(batch.teacher.logits),
-                                                p.temperature)
-        return loss
+        """GLNN's weighted loss on the student's outputs ``student``."""
+        terms = glnn_terms(replace(batch, student=student), self.params)
+        weights = glnn_weights(self.params)
+        return sum(weights[name] * term for name, term in terms.items())
 
 
 __all__ = ["AdvParams", "AdversarialAugmentation", "Rerun"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import pydantic
+import torch
 from torch import Tensor, nn
 
 from dglkd.errors import DglkdError, describe_validation_error
@@ -88,6 +89,17 @@ class DistillBatch:
 
     def distill_rows(self, tensor: Tensor) -> Tensor:
         return tensor if self.distill_mask is None else tensor[self.distill_mask]
+
+    def feature_pairs(self, student_feature: str, teacher_feature: str,
+                      limit: int) -> tuple[Tensor, Tensor]:
+        """Both networks' named features of the distilled instances, flattened; at most
+        ``limit`` instances, the same random rows of both when there are more."""
+        student = self.distill_rows(self.student.feat(student_feature)).flatten(1)
+        teacher = self.distill_rows(self.teacher.feat(teacher_feature)).flatten(1)
+        if len(student) > limit:
+            keep = torch.randperm(len(student), device=student.device)[:limit]
+            student, teacher = student[keep], teacher[keep]
+        return student, teacher
 
 
 @dataclass

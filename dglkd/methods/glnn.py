@@ -31,12 +31,21 @@ class GLNN(DistillMethod):
     Params = GLNNParams
 
     def term_weights(self) -> dict[str, float]:
-        return {"ce": self.params.lam, "kd": 1.0 - self.params.lam}
+        return glnn_weights(self.params)
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        terms = {}
-        if self.params.lam:
-            terms["ce"] = F.cross_entropy(*batch.labelled())
-        if self.params.lam < 1:
-            terms["kd"] = kd_term(batch, self.params.temperature)
-        return terms
+        return glnn_terms(batch, self.params)
+
+
+def glnn_weights(params: GLNNParams) -> dict[str, float]:
+    return {"ce": params.lam, "kd": 1.0 - params.lam}
+
+
+def glnn_terms(batch: DistillBatch, params: GLNNParams) -> dict[str, Tensor]:
+    """GLNN's CE and KL terms (only those with a nonzero weight)."""
+    terms = {}
+    if params.lam:
+        terms["ce"] = F.cross_entropy(*batch.labelled())
+    if params.lam < 1:
+        terms["kd"] = kd_term(batch, params.temperature)
+    return terms

@@ -63,18 +63,12 @@ class RKD(DistillMethod):
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
         terms = {}
-        student, teacher = self._instances(batch)
+        student, teacher = batch.feature_pairs(self.params.student_feature,
+                                               self.params.teacher_feature,
+                                               self.params.max_instances)
         for name, relation in (("distance", normalized_distances), ("angle", triplet_angles)):
             if self.weight(name):
                 with torch.no_grad():
                     target = relation(teacher)
                 terms[name] = F.smooth_l1_loss(relation(student), target)
         return terms
-
-    def _instances(self, batch: DistillBatch) -> tuple[Tensor, Tensor]:
-        student = batch.distill_rows(batch.student.feat(self.params.student_feature)).flatten(1)
-        teacher = batch.distill_rows(batch.teacher.feat(self.params.teacher_feature)).flatten(1)
-        if len(student) > self.params.max_instances:
-            keep = torch.randperm(len(student), device=student.device)[: self.params.max_instances]
-            student, teacher = student[keep], teacher[keep]
-        return student, teacher

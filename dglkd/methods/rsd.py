@@ -1,9 +1,7 @@
 """NOSMOG's representation-similarity distillation (RSD)."""
 from __future__ import annotations
 
-
 import pydantic
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,11 +71,8 @@ class RSD(DistillMethod):
         return [self.params.student_feature], [self.params.teacher_feature]
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        student = batch.distill_rows(batch.student.feat(self.params.student_feature)).flatten(1)
-        teacher = batch.distill_rows(batch.teacher.feat(self.params.teacher_feature)).flatten(1)
-        if len(student) > self.params.nodes:
-            pick = torch.randperm(len(student), device=student.device)[:self.params.nodes]
-            student, teacher = student[pick], teacher[pick]
+        student, teacher = batch.feature_pairs(self.params.student_feature,
+                                               self.params.teacher_feature, self.params.nodes)
         if len(student) == 0:
             return {"rsd": student.sum() * 0.0}
         return {"rsd": similarity_mse(self.projection(student), teacher, self.params.normalize)}

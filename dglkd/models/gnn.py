@@ -128,7 +128,7 @@ class MLP(LayerStack):
 
     def __init__(self, in_dim: int, hidden: int, num_classes: int, layers: int,
                  dropout: float, norm: str) -> None:
-        widths = [in_dim] + [hidden] * (layers - 1) + [num_classes]
+        widths = _widths(in_dim, hidden, num_classes, layers)
         super().__init__(widths, dropout, norm)
         self.layers.extend(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
@@ -198,7 +198,6 @@ def _widths(in_dim: int, hidden: int, num_classes: int, layers: int, heads: int 
 @MODELS.register("mlp")
 def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth = 2,
         dropout: Rate = 0.0, norm: Norm = "none") -> nn.Module:
-    _widths(in_features, hidden, num_classes, layers)
     return MLP(in_features, hidden, num_classes, layers, dropout, norm)
 
 
