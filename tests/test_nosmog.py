@@ -194,6 +194,63 @@ def test_inductive_positional_features_use_the_observed_graph_only():
     assert out.graph.ndata["feat"].shape == (30, 3 + 8)
 
 
+def test_position_features_reach_the_student_alone():
+    # NOSMOG: the teacher is trained and distilled from the content features only
+    task = load("npz", seed=0, positional={**TINY_WALKS, "dim": 16})
+    assert task.features_for("teacher") == 1433 and task.features_for("student") == 1449
+    both = load("npz", seed=0, positional={**TINY_WALKS, "dim": 16, "to": "both"})
+    assert both.features_for("teacher") == 1449
+    from dglkd.models import build_model
+    from dglkd.models.gnn import layerwise_inference
+
+    graph = dgl.add_self_loop(task.graph)
+    feat = graph.ndata["feat"]
+    torch.manual_seed(0)
+    teacher = build_model("sage", 7, 1449, input_columns=1433, hidden=16, aggregator="gcn")
+    assert teacher.layers[0].fc_neigh.in_features == 1433
+    teacher.eval()
+    moved = feat.clone()
+    moved[:, 1433:] = torch.randn(len(feat), 16)  # other positions: the same logits
+    with torch.no_grad():
+        logits = teacher(graph, feat)
+        assert torch.equal(logits, teacher(graph, moved))
+        assert torch.equal(logits, teacher(graph, feat[:, :1433]))
+    by_layer, _ = layerwise_inference(teacher, graph, feat, batch_size=1000)
+    assert torch.allclose(by_layer, logits, atol=1e-5)
+    from dglkd.models import MODELS
+
+    MODELS.register("linear_reads_all_columns")(_linear_reads_all_columns)
+    with pytest.raises(DglkdError, match=r"^teacher.model: 'linear_reads_all_columns' cannot "
+                                         r"be kept to the first 1433 feature columns"):
+        build_model("linear_reads_all_columns", 7, 1449, key="teacher", input_columns=1433)
+
+
+def _linear_reads_all_columns(num_classes: int, in_features: int) -> nn.Module:
+    """A user's graph model that is no dglkd LayerStack."""
+    class Linear(nn.Linear):
+        def forward(self, graph, feat):
+            return super().forward(feat)
+
+    return Linear(in_features, num_classes)
+
+
+def test_student_only_position_features_through_distill(small_cora, write_config, cli,
+                                                        tmp_path):
+    config = dict(small_cora, data={**small_cora["data"],
+                                    "positional": {**TINY_WALKS, "dim": 16}})
+    config["teacher_train"] = {**config["teacher_train"], "epochs": 20}
+    config["train"] = {**config["train"], "epochs": 10}
+    code, _, err = cli("distill", write_config(config), "--out", tmp_path / "runs")
+    assert code == 0, err
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    def first_weight(role: str) -> torch.Tensor:
+        saved = torch.load(run_dir / "models" / f"{role}_seed0.pt", weights_only=True)
+        return saved["model"]["layers.0.weight"]
+
+    assert first_weight("teacher").shape == (1433, 32)      # GraphConv: (in, out)
+    assert first_weight("student").shape == (64, 1433 + 16)  # nn.Linear: (out, in)
+
+
 def test_positional_bad_input_is_a_one_line_error():
     with pytest.raises(DglkdError, match="positional.dim"):
         load("npz", positional={"dim": 0})

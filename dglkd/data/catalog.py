@@ -107,9 +107,10 @@ def load(name: str, *, seed: int = 0, inductive: bool = False,
     ``val_size``. Unknown options are an error naming the allowed ones.
 
     ``positional`` (graphs): DeepWalk position features (NOSMOG) appended to every node's
-    features, e.g. ``positional={"dim": 128, "cache_dir": "cache"}`` (constants:
+    features, e.g. ``positional={"dim": 64, "cache_dir": "cache"}`` (constants:
     :class:`dglkd.data.positional.PositionalParams`); learned on the observed graph only
-    when ``inductive``, seeded by ``seed``.
+    when ``inductive``, seeded by ``seed``. By default (``to: student``) the engine's
+    teacher reads the content columns only (``task.features_for("teacher")``).
     """
     loader = _loader(name)
     params = inspect.signature(loader).parameters

@@ -112,7 +112,8 @@ def partition(config: Any, parts: int, out: str | Path, method: str = "metis",
         balance_ntypes=graph.ndata["train_mask"].to(torch.int64), balance_edges=True)
     part_config = (out / f"{name}.json").resolve()
     meta = {"graph_name": name, "dataset": dataset, "num_classes": int(num_classes),
-            "num_features": int(graph.ndata["feat"].shape[1]), "num_parts": parts,
+            "num_features": int(graph.ndata["feat"].shape[1]),
+            "teacher_features": task.teacher_features, "num_parts": parts,
             "method": method, "num_hops": hops, "self_loop": bool(config.data.self_loop),
             "num_nodes": int(graph.num_nodes()), "source_config": config.name}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))

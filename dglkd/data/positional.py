@@ -9,6 +9,8 @@ Adam), on the graph the training may see: the whole graph transductively, the ob
 subgraph inductively. A node hidden from training (inductive test node) gets the mean of
 its observed neighbours' embeddings (zero without any): the only position a model could
 know for a node that arrives after training — our reading of NOSMOG's inductive setting.
+As in NOSMOG the teacher does not see them (``to: student``, the default): it is trained
+and distilled from the content features, which the task records as ``teacher_features``.
 
 Embeddings are deterministic for a seed and cached on disk (``cache_dir``), keyed by the
 graph's structure, the seed and every constant; the cache file is written atomically.
@@ -22,7 +24,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import dgl
 import pydantic
@@ -60,6 +62,10 @@ class PositionalParams(pydantic.BaseModel):
                           "(over the nodes DeepWalk saw), so they sit on the features' scale")
     concat: bool = pydantic.Field(True, description="append to ndata['feat'] (else only "
                                                     "ndata['pos'] is set)")
+    to: Literal["student", "both"] = pydantic.Field(
+        "student", description="who reads them: the student alone (NOSMOG: the teacher is "
+                               "trained and distilled from the content features only), or "
+                               "teacher and student")
     cache_dir: Optional[str] = pydantic.Field(None, description="folder of cached embeddings; "
                                                                 "none: no cache")
 
@@ -83,7 +89,7 @@ def _fingerprint(graph: dgl.DGLGraph, params: PositionalParams, seed: int) -> st
     src, dst = (t.cpu().contiguous() for t in graph.edges())
     digest = hashlib.sha256()
     digest.update(f"v{CACHE_VERSION}:{graph.num_nodes()}:{seed}:".encode())
-    digest.update(params.model_dump_json(exclude={"cache_dir", "concat"}).encode())
+    digest.update(params.model_dump_json(exclude={"cache_dir", "concat", "to"}).encode())
     digest.update(src.numpy().tobytes())
     digest.update(dst.numpy().tobytes())
     return digest.hexdigest()[:24]
@@ -163,7 +169,8 @@ def _atomic_save(tensor: Tensor, path: Path) -> None:
 def add_positional_features(task: GraphTask, options: Mapping[str, Any] | PositionalParams
                             | None = None, seed: int = 0) -> GraphTask:
     """The task with DeepWalk embeddings in ``ndata['pos']`` and (``concat``) appended to
-    ``ndata['feat']``. Inductive tasks: DeepWalk runs on the observed subgraph; hidden
+    ``ndata['feat']``; with ``to: student`` the task's ``teacher_features`` keeps the
+    teacher on the content columns. Inductive tasks: DeepWalk runs on the observed subgraph; hidden
     nodes get the mean of their observed neighbours' embeddings."""
     params = positional_params(options or {})
     seed = params.seed if params.seed is not None else seed
@@ -180,12 +187,15 @@ def add_positional_features(task: GraphTask, options: Mapping[str, Any] | Positi
     graph = graph.clone()
     pos = pos.to(graph.device)
     graph.ndata["pos"] = pos
+    teacher_features = task.teacher_features
     if params.concat:
+        if params.to == "student" and teacher_features is None:
+            teacher_features = task.num_features
         graph.ndata["feat"] = torch.cat([graph.ndata["feat"], pos.to(graph.ndata["feat"].dtype)],
                                         dim=1)
     info = dict(task.info, positional={k: v for k, v in params.model_dump().items()
                                        if k != "cache_dir"})
-    return dataclasses.replace(task, graph=graph, info=info)
+    return dataclasses.replace(task, graph=graph, info=info, teacher_features=teacher_features)
 
 
 def _fill_from_observed_neighbours(graph: dgl.DGLGraph, pos: Tensor, observed: Tensor) -> Tensor:

@@ -23,6 +23,8 @@ class GraphTask:
     ``val_mask``, ``test_mask``. ``observed_mask`` is ``None`` for the transductive setting;
     in the inductive one it marks the nodes teacher and student may see while training
     (``test_mask`` then marks held-out nodes only). ``metric`` scores predicted classes.
+    ``teacher_features``: the teacher reads only the first this many columns of ``feat``
+    (``None``: all); set when position features are appended for the student alone.
     """
 
     name: str
@@ -31,10 +33,17 @@ class GraphTask:
     observed_mask: Tensor | None = None
     metric: Callable[[Tensor, Tensor], float] = accuracy
     info: dict[str, Any] = field(default_factory=dict)
+    teacher_features: int | None = None
 
     @property
     def num_features(self) -> int:
         return int(self.graph.ndata["feat"].shape[1])
+
+    def features_for(self, role: str) -> int:
+        """How many leading columns of ``feat`` the model of ``role`` reads."""
+        if role == "teacher" and self.teacher_features is not None:
+            return self.teacher_features
+        return self.num_features
 
     def mask(self, split: str) -> Tensor:
         return self.graph.ndata[f"{split}_mask"]

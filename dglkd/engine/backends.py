@@ -64,8 +64,10 @@ class GraphBackend:
         self.data.show_progress = self.config.log.progress
 
     def new_model(self, spec: ModelConfig, role: str) -> nn.Module:
-        return build_model(spec.model, self.data.num_classes, self.data.task.num_features,
-                           key=role, **spec.options()).to(self.device)
+        task = self.data.task
+        return build_model(spec.model, self.data.num_classes, task.num_features, key=role,
+                           input_columns=task.features_for(role),
+                           **spec.options()).to(self.device)
 
     def cache_logits(self, model: nn.Module) -> Tensor:
         if self.eval_batch is not None:  # at scale a seeded sample of nodes identifies it

@@ -199,8 +199,12 @@ class DistGraphBackend:
         return int(self.meta["num_classes"])
 
     def new_model(self, spec: ModelConfig, role: str) -> nn.Module:
-        return build_model(spec.model, self.num_classes, int(self.meta["num_features"]),
-                           key=role, **spec.options()).to(self.device)
+        # partitions of a graph with position features for the student alone record how
+        # many content columns the teacher reads
+        width = int(self.meta["num_features"])
+        columns = self.meta.get("teacher_features") if role == "teacher" else None
+        return build_model(spec.model, self.num_classes, width, key=role,
+                           input_columns=columns or width, **spec.options()).to(self.device)
 
     # -- models on the DistGraph ---------------------------------------------------------
     @torch.no_grad()

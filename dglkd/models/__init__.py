@@ -12,6 +12,7 @@ from torch import nn
 
 from dglkd.errors import DglkdError, describe_validation_error
 from dglkd.models import gnn  # noqa: F401  (registers the graph models)
+from dglkd.models.gnn import LayerStack
 from dglkd.models.registry import MODELS
 from dglkd.models.tap import FeatureTap, resolve_module
 from dglkd.resources import TRAINING_BYTES_PER_PARAMETER, check_fits
@@ -52,17 +53,26 @@ def check_model_options(name: str, options: dict[str, Any], key: str = "model") 
 
 
 def build_model(name: str, num_classes: int, in_features: Any, key: str = "model",
-                **options: Any) -> nn.Module:
+                input_columns: int | None = None, **options: Any) -> nn.Module:
     """Build a registered model after checking its options and its size: a model whose
     weights, gradients and optimizer state would not fit in this machine's memory is
-    refused before anything is allocated."""
+    refused before anything is allocated. ``input_columns``: the model is built for, and
+    reads, only the first this many of the ``in_features`` columns it is given."""
     builder = MODELS.get(name, key=f"{key}.model")
     options = check_model_options(name, options, key)
-    size = _meta_size(builder, num_classes, in_features, options, key) or 0
+    width = in_features if input_columns is None else input_columns
+    size = _meta_size(builder, num_classes, width, options, key) or 0
     check_fits(size * TRAINING_BYTES_PER_PARAMETER,
                f"{key}: training a {name} of {size:,} parameters",
                f"lower {key}.hidden or {key}.layers")
-    return builder(num_classes, in_features, **options)
+    model = builder(num_classes, width, **options)
+    if input_columns is not None and input_columns != in_features:
+        if not isinstance(model, LayerStack):
+            raise DglkdError(f"{key}.model: {name!r} cannot be kept to the first "
+                             f"{input_columns} feature columns (data.positional.to: student "
+                             "needs a dglkd graph model for it); use to: both")
+        model.input_columns = input_columns
+    return model
 
 
 def _meta_size(builder: Any, num_classes: int, in_features: Any, options: dict[str, Any],

@@ -21,7 +21,7 @@ of a large graph one layer at a time over node batches, as DGL's ``SAGE.inferenc
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import dgl
 import dgl.nn as dglnn
@@ -64,10 +64,15 @@ def _norm(kind: str, width: int) -> nn.Module:
 
 
 class LayerStack(nn.Module):
-    """Layers with norm → ReLU → dropout between them; subclasses build ``self.layers``."""
+    """Layers with norm → ReLU → dropout between them; subclasses build ``self.layers``.
+
+    ``input_columns``: when set, the model reads only the first this many columns of its
+    input features (a teacher kept off the position features appended for its student).
+    """
 
     uses_graph = True
     input_dropout = False
+    input_columns: Optional[int] = None
 
     def __init__(self, widths: list[int], dropout: float, norm: str) -> None:
         super().__init__()
@@ -104,7 +109,9 @@ class LayerStack(nn.Module):
         return list(graph)
 
     def prepare_input(self, feat: Tensor) -> Tensor:
-        """What the first layer sees (input dropout for GNNs)."""
+        """What the first layer sees: its columns, with input dropout for GNNs."""
+        if self.input_columns is not None:
+            feat = feat[:, :self.input_columns]
         return self.dropout(feat) if self.input_dropout else feat
 
     def finish_layer(self, index: int, h: Tensor) -> Tensor:
