@@ -36,7 +36,7 @@ IMAGE_DATASETS = ("mnist", "digits", "cifar10", "cifar100")
 _GRAPH_KEYS = {"name", "split_seed", "inductive", "hidden_test_share", "self_loop",
                "positional"}
 DATA_KEYS = {
-    "planetoid": _GRAPH_KEYS | {"root", "split", "train_per_class", "val_per_class"},
+    "planetoid": _GRAPH_KEYS | {"root", "split", "train_per_class", "val_per_class", "features"},
     "npz": _GRAPH_KEYS | {"path", "lcc", "train_per_class", "val_per_class"},
     "ogb": _GRAPH_KEYS | {"root"},
     "graph_file": _GRAPH_KEYS | {"path"},
@@ -65,6 +65,9 @@ class DataConfig(Strict):
     path: Optional[str] = None
     root: Optional[str] = None
     split: Literal["public", "per_class"] = "public"
+    # cora/citeseer: DGL's row-normalised bag of words, or the 0/1 word indicators
+    # (what GLNN's and NOSMOG's npz recipes were tuned on)
+    features: Literal["normalized", "binary"] = "normalized"
     lcc: bool = True
     train_per_class: int = pydantic.Field(20, ge=1, le=1_000_000)
     val_per_class: int = pydantic.Field(30, ge=0, le=1_000_000)

@@ -20,6 +20,7 @@ def _one_line_error(code: int, err: str, *needles: str) -> None:
         ({"train": {"epochs": "many"}}, ["train.epochs", "integer", "many"]),
         ({"train": {"epoch": 3}}, ["train.epoch", "allowed:", "epochs"]),
         ({"data": {"name": "coraa"}}, ["data.name", "coraa", "cora", "citeseer"]),
+        ({"data": {"name": "cora", "features": "tfidf"}}, ["data.features", "tfidf", "binary"]),
         ({"teacher": {"model": "gcnn"}}, ["teacher.model", "gcnn", "gat", "sage"]),
         ({"student": {"model": "mlp", "hiden": 3}}, ["student.hiden", "allowed:", "hidden"]),
         ({"method": {"name": "distill"}}, ["method.name", "distill", "glnn", "kd"]),

@@ -100,6 +100,18 @@ def test_planetoid_layout_mismatch_is_one_line(tmp_path, monkeypatch, offline_dg
     assert "\n" not in str(err.value)
 
 
+def test_planetoid_binary_features_are_the_word_indicators(tmp_path, offline_dgl):
+    normalized = load_planetoid("cora", root=str(tmp_path)).graph.ndata["feat"]
+    binary = load_planetoid("cora", root=str(tmp_path), features="binary").graph.ndata["feat"]
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    words = binary.sum(1, keepdim=True)
+    # DGL divides each row by its word count: undoing that gives DGL's features back
+    torch.testing.assert_close(binary / words, normalized)
+    assert 18.0 < words.mean().item() < 18.3  # Cora's documented 18.2 words per paper
+    with pytest.raises(DglkdError, match=r"features: unknown 'tfidf'; allowed: normalized, binary"):
+        load_planetoid("cora", root=str(tmp_path), features="tfidf")
+
+
 def test_planetoid_unknown_name():
     with pytest.raises(DglkdError, match=r"'pubmedx'.*allowed: cora, citeseer"):
         load_planetoid("pubmedx")

@@ -13,10 +13,11 @@ BUNDLED_CORA_NPZ = Path(__file__).parent / "bundled" / "npz" / "cora.npz"
 
 
 def _planetoid(name: str, root: str | None = None, split: str = "public",
-               train_per_class: int = 20, val_per_class: int = 30, seed: int = 0) -> GraphTask:
+               train_per_class: int = 20, val_per_class: int = 30, features: str = "normalized",
+               seed: int = 0) -> GraphTask:
     from dglkd.data import planetoid, splits
 
-    task = planetoid.load_planetoid(name, root=root)
+    task = planetoid.load_planetoid(name, root=root, features=features)
     if split == "per_class":
         task = splits.resplit_per_class(task, train_per_class, val_per_class, seed)
     elif split != "public":
@@ -99,7 +100,8 @@ def load(name: str, *, seed: int = 0, inductive: bool = False,
     """A dataset by name, as the task the engine trains on.
 
     Graphs: ``cora``, ``citeseer`` (bundled; ``split="per_class"`` redraws 20/30 per class
-    with ``seed``), ``npz`` (bundled cora.npz unless ``path``; largest connected component,
+    with ``seed``; ``features="binary"`` for the 0/1 bag of words instead of DGL's
+    row-normalised one), ``npz`` (bundled cora.npz unless ``path``; largest connected component,
     20/30 per class), ``ogbn-*`` (``root``), ``graph_file`` (``path``), ``synthetic``
     (``num_nodes``, ``num_edges``, ...). ``inductive=True`` hides ``hidden_test_share``
     of the test nodes from training (GLNN's inductive setting). Images: ``mnist``
