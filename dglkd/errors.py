@@ -18,11 +18,16 @@ def describe_validation_error(exc: Exception, prefix: str = "",
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     message = first["msg"].removeprefix("Value error, ")
-    return f"{key}: {message} (got {shorten(repr(first.get('input')))})"
+    return f"{key}: {message} (got {quoted(first.get('input'))})"
 
 
 def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quoted(value: object) -> str:
+    """A user's value as an error message shows it: its repr, cut at 80 characters."""
+    return shorten(repr(value))
 
 
 # What a user can do about the file-system errors a run meets.

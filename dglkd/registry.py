@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ class Registry(Generic[T]):
         if entry is None:
             where = f"{key}: " if key else ""
             raise DglkdError(
-                f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
+                f"{where}unknown {self.kind} {quoted(name)}; allowed: {', '.join(self.names())}"
             )
         return entry
 

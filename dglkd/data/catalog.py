@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dglkd.data.task import GraphTask, ImageTask
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 
 BUNDLED_CORA_NPZ = Path(__file__).parent / "bundled" / "npz" / "cora.npz"
 
@@ -21,7 +21,7 @@ def _planetoid(name: str, root: str | None = None, split: str = "public",
     if split == "per_class":
         task = splits.resplit_per_class(task, train_per_class, val_per_class, seed)
     elif split != "public":
-        raise DglkdError(f"split: unknown {split!r}; allowed: public, per_class")
+        raise DglkdError(f"split: unknown {quoted(split)}; allowed: public, per_class")
     return task
 
 
@@ -90,7 +90,7 @@ def _loader(name: str) -> Callable[..., Any]:
     if name.startswith("ogbn-"):
         return _ogb
     if name not in _LOADERS:
-        raise DglkdError(f"dataset: unknown {name!r}; allowed: {', '.join(dataset_names())}")
+        raise DglkdError(f"dataset: unknown {quoted(name)}; allowed: {', '.join(dataset_names())}")
     return _LOADERS[name]
 
 

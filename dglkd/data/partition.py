@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 
 METHODS = ("metis", "random")
 META_FILE = "dglkd.json"
@@ -46,8 +46,8 @@ def metis_available() -> bool:
     return True
 
 
-def prepared_graph(config: Any) -> tuple[Any, int, str]:
-    """The config's graph as the engine trains on it: (graph, num_classes, dataset)."""
+def prepared_graph(config: Any) -> tuple[Any, Any]:
+    """The config's graph as the engine trains on it, and the task it came from."""
     import dgl
 
     from dglkd.engine.tasks import load_task
@@ -76,7 +76,7 @@ def prepared_graph(config: Any) -> tuple[Any, int, str]:
             graph.ndata.pop(name)
     for name in list(graph.edata.keys()):
         graph.edata.pop(name)
-    return graph, task.num_classes, task.name
+    return graph, task
 
 
 def partition(config: Any, parts: int, out: str | Path, method: str = "metis",
@@ -94,16 +94,16 @@ def partition(config: Any, parts: int, out: str | Path, method: str = "metis",
     if parts < 1:
         raise DglkdError(f"--parts: {parts}; give 1 or more partitions")
     if method not in METHODS:
-        raise DglkdError(f"--method: unknown {method!r}; allowed: {', '.join(METHODS)}")
+        raise DglkdError(f"--method: unknown {quoted(method)}; allowed: {', '.join(METHODS)}")
     if method == "metis" and parts > 1 and not metis_available():
         say("partition: this DGL build has no METIS; using --method random instead")
         method = "random"
-    graph, num_classes, dataset = prepared_graph(config)
+    graph, task = prepared_graph(config)
     name = graph_name or config.name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hops = halo_hops(config)
-    say(f"partition: {dataset} ({graph.num_nodes()} nodes, {graph.num_edges()} edges) into "
+    say(f"partition: {task.name} ({graph.num_nodes()} nodes, {graph.num_edges()} edges) into "
         f"{parts} parts with {method}, {hops}-hop halos → {out}")
     dgl.distributed.partition_graph(
         graph, name, parts, str(out), num_hops=hops, part_method=method,
@@ -111,7 +111,7 @@ def partition(config: Any, parts: int, out: str | Path, method: str = "metis",
         # trainers' epochs take about as long (DistDGL's recommendation).
         balance_ntypes=graph.ndata["train_mask"].to(torch.int64), balance_edges=True)
     part_config = (out / f"{name}.json").resolve()
-    meta = {"graph_name": name, "dataset": dataset, "num_classes": int(num_classes),
+    meta = {"graph_name": name, "dataset": task.name, "num_classes": int(task.num_classes),
             "num_features": int(graph.ndata["feat"].shape[1]),
             "teacher_features": task.teacher_features, "num_parts": parts,
             "method": method, "num_hops": hops, "self_loop": bool(config.data.self_loop),

@@ -24,7 +24,7 @@ except ImportError:  # a private helper; its logic is small enough to mirror
         return repo.rstrip("/") + "/" + file_url
 
 from dglkd.data.task import GraphTask
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 
 BUNDLE_DIR = os.path.join(os.path.dirname(__file__), "bundled", "planetoid")
 RAW_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
@@ -86,7 +86,7 @@ def load_planetoid(name: str, root: str | None = None, features: str = "normaliz
     if key not in DATASETS:
         raise DglkdError(f"planetoid dataset {name!r} unknown; allowed: {', '.join(DATASETS)}")
     if features not in FEATURES:
-        raise DglkdError(f"features: unknown {features!r}; allowed: {', '.join(FEATURES)}")
+        raise DglkdError(f"features: unknown {quoted(features)}; allowed: {', '.join(FEATURES)}")
     cls, dgl_name = DATASETS[key]
     raw_dir = os.path.abspath(os.path.expanduser(root)) if root else default_root()
     raw_path = dgl_raw_path(dgl_name, raw_dir)

@@ -18,7 +18,7 @@ from dglkd.engine.loop import PhaseResult, fit
 from dglkd.engine.parallel import broadcast, is_main, local_device
 from dglkd.engine.results import summarize_role, write_comparison, write_results
 from dglkd.engine.step import make_phase, pretrain
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 from dglkd.methods import Recipe
 from dglkd.methods.base import METHODS
 from dglkd.methods.recipe import build_recipe, recipe_spec
@@ -43,7 +43,7 @@ def method_variants(config: Config, labels: list[str]) -> dict[str, dict[str, An
             chosen[label] = {"name": label}
         else:
             allowed = ", ".join(["method", *config.compare, *METHODS.names()])
-            raise DglkdError(f"--methods: unknown {label!r}; allowed: {allowed}")
+            raise DglkdError(f"--methods: unknown {quoted(label)}; allowed: {allowed}")
     if not chosen:
         raise DglkdError("--methods: name at least one method, e.g. --methods ce,kd")
     return chosen

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 
 METRICS = ("cosine", "euclidean")
 
@@ -102,7 +102,7 @@ def mean_aggregate_dense(z: Tensor, index: Tensor) -> Tensor:
 # -- helpers ----------------------------------------------------------------------------
 def _prepare(x: Tensor, metric: str, softmax: bool) -> Tensor:
     if metric not in METRICS:
-        raise DglkdError(f"metric: unknown {metric!r}; allowed: {', '.join(METRICS)}")
+        raise DglkdError(f"metric: unknown {quoted(metric)}; allowed: {', '.join(METRICS)}")
     if len(x) == 0:
         raise DglkdError("x: a kNN graph needs at least one row, got none")
     points = x.detach().reshape(len(x), -1)

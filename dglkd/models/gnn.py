@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dglkd.engine.tracking import progress as progress_bar
-from dglkd.errors import DglkdError
+from dglkd.errors import DglkdError, quoted
 from dglkd.models.registry import (MODELS, Aggregator, Depth, Heads, Norm, Rate, Slope,
                                    Width)
 from dglkd.models.tap import FeatureTap
@@ -59,7 +59,7 @@ NORMS = ("none", "batch", "layer")
 
 def _norm(kind: str, width: int) -> nn.Module:
     if kind not in NORMS:
-        raise DglkdError(f"norm: unknown {kind!r}; allowed: {', '.join(NORMS)}")
+        raise DglkdError(f"norm: unknown {quoted(kind)}; allowed: {', '.join(NORMS)}")
     return {"none": nn.Identity, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[kind](width)
 
 
