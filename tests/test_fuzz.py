@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import os
 import random
 import signal
 from pathlib import Path
@@ -61,6 +62,18 @@ def assert_clean(result: dict[str, Any], case: str, allowed=("error", "ran")) ->
     outcome = campaign.classify(result)
     assert outcome in allowed, f"{outcome} for {case}: {campaign.last_words(result)}"
     return outcome
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scratch_folder(tmp_path_factory) -> Iterator[None]:
+    """Cases run in a scratch folder, as the campaign's workers do: a fuzzed relative
+    ``cache_dir`` or ``--out`` (``[``, control characters) lands there, not in the repo."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @pytest.fixture(scope="module")
