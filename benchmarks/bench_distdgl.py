@@ -158,7 +158,7 @@ def main() -> None:
         return role_trainer(args)
 
     from dglkd.config import config_from_dict
-    from dglkd.data.partition import partition
+    from dglkd.engine.partition import partition
     from dglkd.engine.dist_launch import launch_local
 
     common = ["--batches", str(args.batches), "--batch-size", str(args.batch_size),

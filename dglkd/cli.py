@@ -141,10 +141,10 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _dist_command(args: argparse.Namespace) -> int:
-    """``partition`` and ``launch`` (see dglkd.data.partition, dglkd.engine.dist_launch)."""
+    """``partition`` and ``launch`` (see dglkd.engine.partition, dglkd.engine.dist_launch)."""
     if args.command == "partition":
         from dglkd.config import load_config
-        from dglkd.data.partition import partition
+        from dglkd.engine.partition import partition
 
         path = partition(load_config(args.config, args.overrides), args.parts, args.out,
                          args.method)

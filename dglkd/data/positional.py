@@ -20,9 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
@@ -33,6 +31,7 @@ from torch import Tensor
 
 from dglkd.data.task import GraphTask
 from dglkd.errors import DglkdError, describe_validation_error
+from dglkd.files import atomic_write
 
 CACHE_VERSION = 1
 
@@ -154,19 +153,9 @@ def _train(graph: dgl.DGLGraph, params: PositionalParams, seed: int) -> Tensor:
 
 
 def _atomic_save(tensor: Tensor, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees a
-    half-written file, and two writers leave one whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # in memory first: a full disk then raises ENOSPC, not a zip error
     torch.save(tensor, buffer)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def add_positional_features(task: GraphTask, options: Mapping[str, Any] | PositionalParams

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig
-from dglkd.data.partition import read_meta
+from dglkd.engine.partition import read_meta
 from dglkd.engine.parallel import is_main, world
 from dglkd.engine.step import Batch, median_ms
 from dglkd.errors import DglkdError

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from dglkd.errors import DglkdError
+from dglkd.files import atomic_write
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -33,26 +33,12 @@ _TRACKED: set[Path] = set()
 
 
 def _atomic(path: Path, write: Callable[[Any], Any], record: bool = True) -> Path:
-    """Write through a temp file in the same folder, then rename over ``path``; under a
-    tracked run folder, record the file's size and SHA-256 in its manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The pid in the name tells a later start whether the writer is still alive.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        digest = file_digest(Path(tmp))  # what reached the disk, not what was meant to
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``path`` atomically; under a tracked run folder, record the file's size and
+    SHA-256 in its manifest."""
+    digest = atomic_write(Path(path), write, check=file_digest)
     if record:
-        _record(path, digest)
-    return path
+        _record(Path(path), digest)
+    return Path(path)
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:

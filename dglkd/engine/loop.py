@@ -20,7 +20,8 @@ from torch import nn
 from dglkd.engine.env import rng_state, set_rng_state
 from dglkd.engine.io import load_torch_bytes, save_torch, verified_bytes, write_json
 from dglkd.engine.parallel import is_main
-from dglkd.engine.tracking import PhaseLog, progress
+from dglkd.engine.tracking import PhaseLog
+from dglkd.progress import progress
 from dglkd.errors import DglkdError
 
 # Called as hook(phase_name, epoch) right after each checkpoint is written: progress

@@ -1,11 +1,8 @@
-"""TensorBoard logging and progress bars for one training phase."""
+"""TensorBoard logging for one training phase."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 
 class PhaseLog:
@@ -43,11 +40,3 @@ class PhaseLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def progress(iterable, enabled: bool, desc: str, total: int | None = None, initial: int = 0):
-    """A progress bar on a terminal; nothing in logs and pipes (the engine prints a summary
-    line per phase instead)."""
-    shown = enabled and sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not shown,
-                leave=False, dynamic_ncols=True)
