@@ -18,6 +18,7 @@ import pydantic
 import yaml
 
 from dglkd.errors import DglkdError, describe_validation_error
+from dglkd.graphs.propagation import CorrectSmoothParams
 from dglkd.methods.recipe import TermSpec, check_recipe, recipe_spec
 from dglkd.models import check_model_options
 from dglkd.models.registry import MODELS
@@ -182,6 +183,10 @@ class Config(Strict):
     baseline: bool = True
     compare: dict[str, MethodConfig] = {}
     cache_dir: Optional[str] = None
+    # Graphs: the teacher's soft labels refined by Correct and Smooth over the training
+    # graph with the training labels before any student learns from them, e.g. {} for the
+    # paper's constants; see dglkd.graphs.propagation.CorrectSmoothParams.
+    teacher_refine: Optional[CorrectSmoothParams] = None
     # Mini-batch graphs: the teacher's soft labels are stored memory-mapped in the cache;
     # float16 halves the files.
     soft_label_dtype: Literal["float32", "float16"] = "float32"
@@ -270,6 +275,12 @@ def _check_data(config: Config) -> None:
                          f"its keys: {', '.join(sorted(allowed))}")
 
 
+def _check_refine(config: Config) -> None:
+    if config.teacher_refine is not None and (config.data.is_image or config.data.name == "dist"):
+        raise DglkdError(f"teacher_refine: propagates over a whole graph in memory; it does "
+                         f"not apply to dataset {config.data.name!r}")
+
+
 def _check_methods(config: Config) -> None:
     check_recipe(config.method.raw(), "method")
     for label, variant in config.compare.items():
@@ -287,6 +298,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     _check_data(config)
     _check_models(config)
     _check_training(config)
+    _check_refine(config)
     _check_methods(config)
     return config
 

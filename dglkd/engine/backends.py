@@ -3,6 +3,7 @@ task is loaded, how its models are built and evaluated, and how its batches are 
 The training step itself is the same for both (:mod:`dglkd.engine.step`)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -10,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig
-from dglkd.engine.graph import GraphData, inference_ms, inference_targets, minibatches
+from dglkd.engine.graph import (GraphData, StoredKnowledge, inference_ms, inference_targets,
+                                minibatches)
 from dglkd.engine.parallel import barrier, is_main
 from dglkd.engine.step import Batch
 from dglkd.engine.tasks import load_task
@@ -29,6 +31,8 @@ class Backend(Protocol):
     def cache_logits(self, model: nn.Module) -> Tensor: ...
     def method_context(self, student: nn.Module, teacher: nn.Module | None) -> MethodContext: ...
     def teacher_knowledge(self, teacher: nn.Module, objective: Recipe) -> Any: ...
+    # Graphs in memory only: the config refuses teacher_refine for the others.
+    def refined_teacher(self, teacher: nn.Module) -> dict[str, float] | None: ...
     def generator(self) -> torch.Generator | None: ...
     def batches(self, model: nn.Module, cfg: TrainConfig, teacher: Any,
                 generator: torch.Generator | None) -> Callable[[], Iterator[Batch]]: ...
@@ -62,6 +66,7 @@ class GraphBackend:
         self.data = GraphData(load_task(self.config.data, seed), self.device,
                               self.config.data.self_loop)
         self.data.show_progress = self.config.log.progress
+        self._refined: tuple[nn.Module, Tensor] | None = None
 
     def new_model(self, spec: ModelConfig, role: str) -> nn.Module:
         task = self.data.task
@@ -86,9 +91,37 @@ class GraphBackend:
         if not objective.needs_teacher:
             return None
         names = objective.required_features()[1]
-        if self.eval_batch is None:
-            return self.data.knowledge(teacher, names)
-        return self._knowledge(teacher, names)
+        knowledge = (self.data.knowledge(teacher, names) if self.eval_batch is None
+                     else self._knowledge(teacher, names))
+        refined = self._refined_logits(teacher, knowledge)
+        if refined is None:
+            return knowledge
+        if isinstance(knowledge, StoredKnowledge):
+            return knowledge.with_logits(refined)
+        return dataclasses.replace(knowledge, logits=refined)
+
+    def refined_teacher(self, teacher: nn.Module) -> dict[str, float] | None:
+        """How the teacher's refined predictions (``teacher_refine``) score on the training
+        graph's nodes, or None without refinement; what every student then learns from."""
+        refined = self._refined_logits(teacher)
+        if refined is None:
+            return None
+        return {**self.data.split_scores(self.data.train_graph, refined),
+                "test_acc_last": float("nan")}  # refined once, from the best-val teacher
+
+    def _refined_logits(self, teacher: nn.Module, knowledge: Any = None) -> Tensor | None:
+        # Refined once per teacher: every student phase of the seed reuses them.
+        params = self.config.teacher_refine
+        if params is None:
+            return None
+        if self._refined is None or self._refined[0] is not teacher:
+            if knowledge is None:
+                knowledge = (self.data.knowledge(teacher, []) if self.eval_batch is None
+                             else self._knowledge(teacher, []))
+            logits = (knowledge.all_logits() if isinstance(knowledge, StoredKnowledge)
+                      else knowledge.logits)
+            self._refined = (teacher, self.data.refined_logits(logits, params))
+        return self._refined[1]
 
     def _knowledge(self, teacher: nn.Module, names: list[str]) -> Any:
         # Computing it or reading it from the cache must leave the student's random

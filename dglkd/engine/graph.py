@@ -16,8 +16,9 @@ from dglkd.data.task import GraphTask
 from dglkd.engine.parallel import node_loader, world
 from dglkd.engine.softlabels import SoftLabels, SoftLabelWriter, check_sample, open_soft_labels
 from dglkd.engine.step import Batch, median_ms
-from dglkd.engine.tracking import progress
+from dglkd.progress import progress
 from dglkd.errors import DglkdError
+from dglkd.graphs.propagation import CorrectSmoothParams, correct_and_smooth
 from dglkd.methods import Knowledge, MethodContext, context_for
 from dglkd.methods.context import frozen_knowledge
 from dglkd.models.gnn import OUT_DEGREES, attach_out_degrees, layerwise_inference
@@ -31,18 +32,33 @@ class StoredKnowledge:
     files (:mod:`dglkd.engine.softlabels`): a batch reads its own rows, as float32 on the
     device, and nothing else."""
 
-    def __init__(self, store: SoftLabels, device: torch.device) -> None:
+    def __init__(self, store: SoftLabels, device: torch.device,
+                 logits: Tensor | None = None) -> None:
         self.store = store
         self.device = device
+        self.logits = logits  # every node's, in memory, in place of the stored ones
 
     def rows(self, ids: Tensor) -> Knowledge:
         feats = {name: self.store.rows(name, ids).to(self.device)
                  for name in self.store.names if name != "logits"}
-        return Knowledge(self.store.rows("logits", ids).to(self.device), feats)
+        logits = (self.logits[ids.to(self.logits.device)] if self.logits is not None
+                  else self.store.rows("logits", ids))
+        return Knowledge(logits.to(self.device), feats)
+
+    def all_logits(self, chunk: int = 1 << 18) -> Tensor:
+        """Every node's logits as float32, read chunk by chunk."""
+        if self.logits is not None:
+            return self.logits
+        logits = self.store.tensor("logits")
+        return torch.cat([logits[i:i + chunk].float() for i in range(0, len(logits), chunk)])
+
+    def with_logits(self, logits: Tensor) -> "StoredKnowledge":
+        """The same stored features with ``logits`` (every node's) instead of the stored."""
+        return StoredKnowledge(self.store, self.device, logits)
 
     def predictions(self, chunk: int = 1 << 18) -> Tensor:
         """The teacher's predicted class of every node, read chunk by chunk."""
-        logits = self.store.tensor("logits")
+        logits = self.store.tensor("logits") if self.logits is None else self.logits
         return torch.cat([logits[i:i + chunk].float().argmax(-1)
                           for i in range(0, len(logits), chunk)])
 
@@ -98,9 +114,15 @@ class GraphData:
         else:
             logits, _ = layerwise_inference(model, graph, graph.ndata["feat"], batch_size,
                                             device=self.device, progress=self.show_progress)
+        return self.split_scores(graph, logits)
+
+    def split_scores(self, graph: dgl.DGLGraph, logits: Tensor) -> dict[str, float]:
+        """Accuracy per split of ``graph``'s nodes from their ``logits`` (NaN for a split
+        with no node there: the hidden test nodes are not in the inductive training graph)."""
         pred = logits.argmax(-1).to(graph.device)
         labels = graph.ndata["label"]
-        return {f"{split}_acc": self.task.metric(pred[mask], labels[mask])
+        return {f"{split}_acc": (self.task.metric(pred[mask], labels[mask])
+                                 if bool(mask.any()) else float("nan"))
                 for split in SPLITS
                 for mask in [graph.ndata[f"{split}_mask"]]}
 
@@ -114,6 +136,14 @@ class GraphData:
                                             names=[n for n in names if n != "logits"],
                                             device=self.device, progress=self.show_progress)
         return Knowledge(logits.to(self.device), {k: v.to(self.device) for k, v in feats.items()})
+
+    def refined_logits(self, logits: Tensor, params: CorrectSmoothParams) -> Tensor:
+        """``logits`` of every training-graph node refined by Correct and Smooth over the
+        training graph with the training labels, as log-probabilities (the refined
+        probabilities at temperature 1; a zero probability becomes float32's tiniest)."""
+        probs = correct_and_smooth(self.train_graph, logits.float().softmax(-1),
+                                   self.labels, self.train_mask, params)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def method_context(self, student: nn.Module, teacher: nn.Module | None,
                        teacher_predictions: Tensor | None = None) -> MethodContext:

@@ -8,9 +8,10 @@ from typing import Any
 
 from dglkd.engine.io import write_json, write_text
 
-ROLES = ("teacher", "baseline", "student")
-ROLE_TITLES = {"teacher": "teacher", "baseline": "student alone (labels only)",
-               "student": "distilled student"}
+ROLES = ("teacher", "refined_teacher", "baseline", "student")
+ROLE_TITLES = {"teacher": "teacher",
+               "refined_teacher": "teacher + correct and smooth (what the student learns)",
+               "baseline": "student alone (labels only)", "student": "distilled student"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -86,7 +87,8 @@ def bar_chart(path: Path, results: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(results["methods"])
+    # A row without test accuracy (the refined teacher, inductive) has no bar.
+    labels = [k for k, row in results["methods"].items() if not math.isnan(row["test_acc"])]
     means = [100 * results["methods"][k]["test_acc"] for k in labels]
     stds = [100 * results["methods"][k]["test_acc_std"] for k in labels]
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 4))

@@ -2,6 +2,7 @@
 seed, then results.json / results.md, TensorBoard logs and the config beside them."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ from dglkd.models import count_parameters
 
 Say = Callable[[str], None]
 TEACHER_RECIPE = {"terms": {"ce": 1.0}}
+REFINED = "refined_teacher"  # the row of the teacher's predictions after teacher_refine
 
 
 def method_variants(config: Config, labels: list[str]) -> dict[str, dict[str, Any]]:
@@ -196,33 +198,48 @@ class Experiment:
                            self.config.student).summary()
         return model, objective, result
 
+    def teachers(self, seed: int, runs: dict[str, list]) -> nn.Module:
+        """Load the data of ``seed`` and its teacher; its scores go to ``runs["teacher"]``
+        and, with ``teacher_refine``, its refined predictions' to ``runs["refined_teacher"]``."""
+        self.backend.load(seed)
+        teacher, result = self.teacher(seed)
+        runs["teacher"].append(result)
+        if self.config.teacher_refine is not None:
+            refined = self.backend.refined_teacher(teacher)
+            test = refined["test_acc"]  # NaN: inductive, the test nodes are hidden from it
+            self.say(f"  teacher seed {seed} + correct and smooth: val {refined['val_acc']:.4f}"
+                     " → test " + ("n/a (hidden test nodes)" if math.isnan(test)
+                                   else f"{test:.4f}"))
+            runs.setdefault(REFINED, []).append(refined)
+        return teacher
+
+    def _teacher_rows(self, teacher: nn.Module, runs: dict[str, list]) -> dict[str, Any]:
+        params = count_parameters(teacher)
+        model = self.config.teacher.model
+        return {role: summarize_role(model if role == "teacher" else f"{model} + C&S", params,
+                                     runs[role])
+                for role in ("teacher", REFINED) if runs.get(role)}
+
     # -- whole runs --------------------------------------------------------------------
     def train_teachers(self) -> dict[str, Any]:
-        runs, teacher = [], None
+        runs: dict[str, list] = {"teacher": []}
         for seed in self.config.seeds():
-            self.backend.load(seed)
-            teacher, result = self.teacher(seed)
-            runs.append(result)
-        results = self._header()
-        results["teacher"] = summarize_role(self.config.teacher.model,
-                                            count_parameters(teacher), runs)
-        return self._finish(results)
+            teacher = self.teachers(seed, runs)
+        return self._finish({**self._header(), **self._teacher_rows(teacher, runs)})
 
     def distill(self) -> dict[str, Any]:
         roles: dict[str, list] = {"teacher": [], "baseline": [], "student": []}
         models: dict[str, nn.Module] = {}
         for seed in self.config.seeds():
-            self.backend.load(seed)
-            models["teacher"], result = self.teacher(seed)
-            roles["teacher"].append(result)
+            models["teacher"] = self.teachers(seed, roles)
             for role, recipe in self._student_roles().items():
                 models[role], _, result = self.student(role, seed, models["teacher"], recipe)
                 roles[role].append(result)
-        results = self._header()
-        for role, runs in roles.items():
-            if runs:
-                spec = self.config.teacher if role == "teacher" else self.config.student
-                results[role] = summarize_role(spec.model, count_parameters(models[role]), runs)
+        results = {**self._header(), **self._teacher_rows(models["teacher"], roles)}
+        for role in ("baseline", "student"):
+            if roles[role]:
+                results[role] = summarize_role(self.config.student.model,
+                                               count_parameters(models[role]), roles[role])
         results["inference"] = self.backend.inference(models["teacher"], models["student"],
                                                       self.config.seed)
         return self._finish(results)
@@ -238,19 +255,16 @@ class Experiment:
         params: dict[str, int] = {}
         constants: dict[str, Any] = {}
         for seed in self.config.seeds():
-            self.backend.load(seed)
-            teacher, result = self.teacher(seed)
-            runs["teacher"].append(result)
-            params["teacher"] = count_parameters(teacher)
+            teacher = self.teachers(seed, runs)
             for label, recipe in variants.items():
                 student, objective, result = self.student(label, seed, teacher, recipe,
                                                           f"compare.{label}")
                 runs[label].append(result)
                 params[label] = count_parameters(student)
                 constants[label] = objective.constants()
-        rows = {label: summarize_role(self.config.teacher.model if label == "teacher"
-                                      else self.config.student.model, params[label], seed_runs)
-                for label, seed_runs in runs.items()}
+        rows = {**self._teacher_rows(teacher, runs),
+                **{label: summarize_role(self.config.student.model, params[label], runs[label])
+                   for label in variants}}
         for label, row in rows.items():
             row["formula"] = self.formulas.get(label, "")
             row["constants"] = constants.get(label, {})

@@ -28,7 +28,7 @@ import dgl.nn as dglnn
 import torch
 from torch import Tensor, nn
 
-from dglkd.engine.tracking import progress as progress_bar
+from dglkd.progress import progress as progress_bar
 from dglkd.errors import DglkdError, quoted
 from dglkd.models.registry import (MODELS, Aggregator, Depth, Heads, Norm, Rate, Slope,
                                    Width)
@@ -68,18 +68,20 @@ class LayerStack(nn.Module):
 
     ``input_columns``: when set, the model reads only the first this many columns of its
     input features (a teacher kept off the position features appended for its student).
+    ``input_dropout``: the dropout rate on the input features (GNNs: ``dropout``).
     """
 
     uses_graph = True
-    input_dropout = False
     input_columns: Optional[int] = None
 
-    def __init__(self, widths: list[int], dropout: float, norm: str) -> None:
+    def __init__(self, widths: list[int], dropout: float, norm: str,
+                 input_dropout: float = 0.0) -> None:
         super().__init__()
         if len(widths) < 2:
             raise DglkdError("layers: must be at least 1")
         self.widths = widths
         self.dropout = nn.Dropout(dropout)
+        self.input_dropout = nn.Dropout(input_dropout)
         self.norms = nn.ModuleList(_norm(norm, w) for w in widths[1:-1])
         self.layers = nn.ModuleList()
         last_hidden = len(widths) - 3
@@ -109,10 +111,10 @@ class LayerStack(nn.Module):
         return list(graph)
 
     def prepare_input(self, feat: Tensor) -> Tensor:
-        """What the first layer sees: its columns, with input dropout for GNNs."""
+        """What the first layer sees: its columns, after input dropout."""
         if self.input_columns is not None:
             feat = feat[:, :self.input_columns]
-        return self.dropout(feat) if self.input_dropout else feat
+        return self.input_dropout(feat)
 
     def finish_layer(self, index: int, h: Tensor) -> Tensor:
         """Norm → ReLU → dropout after every layer but the last."""
@@ -134,9 +136,9 @@ class MLP(LayerStack):
     uses_graph = False
 
     def __init__(self, in_dim: int, hidden: int, num_classes: int, layers: int,
-                 dropout: float, norm: str) -> None:
+                 dropout: float, norm: str, input_dropout: float = 0.0) -> None:
         widths = _widths(in_dim, hidden, num_classes, layers)
-        super().__init__(widths, dropout, norm)
+        super().__init__(widths, dropout, norm, input_dropout)
         self.layers.extend(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def apply_layer(self, index: int, graph, h: Tensor) -> Tensor:
@@ -153,13 +155,11 @@ class GNN(LayerStack):
     :func:`attach_out_degrees`).
     """
 
-    input_dropout = True
-
     def __init__(self, widths: list[int], dropout: float, norm: str,
                  make_conv: Callable[[int, int, bool], nn.Module], head_count: int = 1,
                  source_degree_norm: bool = False) -> None:
         super().__init__([widths[0]] + [w * head_count for w in widths[1:-1]] + [widths[-1]],
-                         dropout, norm)
+                         dropout, norm, input_dropout=dropout)
         self.source_degree_norm = source_degree_norm
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             is_last = i == len(widths) - 2
@@ -204,8 +204,10 @@ def _widths(in_dim: int, hidden: int, num_classes: int, layers: int, heads: int 
 
 @MODELS.register("mlp")
 def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth = 2,
-        dropout: Rate = 0.0, norm: Norm = "none") -> nn.Module:
-    return MLP(in_features, hidden, num_classes, layers, dropout, norm)
+        dropout: Rate = 0.0, norm: Norm = "none", input_dropout: Rate = 0.0) -> nn.Module:
+    """GLNN's MLP: dropout between layers; ``input_dropout`` also drops input features
+    (0: GLNN's and NOSMOG's MLP)."""
+    return MLP(in_features, hidden, num_classes, layers, dropout, norm, input_dropout)
 
 
 @MODELS.register("gcn")
