@@ -266,3 +266,11 @@ def test_compare_runs_the_configs_own_constants_and_says_which(small_cora, write
     kd_hparams = "".join(p.read_bytes().decode("latin-1")
                          for p in (run_dir / "tb" / "kd_seed0").rglob("events.*"))
     assert "method.kd.temperature" in kd_hparams
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe):
+    from dglkd.config import load_config
+
+    config = load_config(recipe)
+    assert config.name == recipe.stem
