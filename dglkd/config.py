@@ -185,7 +185,7 @@ class Config(Strict):
     cache_dir: Optional[str] = None
     # Graphs: the teacher's soft labels refined by Correct and Smooth over the training
     # graph with the training labels before any student learns from them, e.g. {} for the
-    # paper's constants; see dglkd.graphs.propagation.CorrectSmoothParams.
+    # defaults; see dglkd.graphs.propagation.CorrectSmoothParams.
     teacher_refine: Optional[CorrectSmoothParams] = None
     # Mini-batch graphs: the teacher's soft labels are stored memory-mapped in the cache;
     # float16 halves the files.

@@ -91,8 +91,7 @@ class GraphBackend:
         if not objective.needs_teacher:
             return None
         names = objective.required_features()[1]
-        knowledge = (self.data.knowledge(teacher, names) if self.eval_batch is None
-                     else self._knowledge(teacher, names))
+        knowledge = self._outputs(teacher, names)
         refined = self._refined_logits(teacher, knowledge)
         if refined is None:
             return knowledge
@@ -116,12 +115,18 @@ class GraphBackend:
             return None
         if self._refined is None or self._refined[0] is not teacher:
             if knowledge is None:
-                knowledge = (self.data.knowledge(teacher, []) if self.eval_batch is None
-                             else self._knowledge(teacher, []))
+                knowledge = self._outputs(teacher, [])
             logits = (knowledge.all_logits() if isinstance(knowledge, StoredKnowledge)
                       else knowledge.logits)
             self._refined = (teacher, self.data.refined_logits(logits, params))
         return self._refined[1]
+
+    def _outputs(self, teacher: nn.Module, names: list[str]) -> Any:
+        """The teacher's logits and ``names`` features of every training-graph node: in
+        memory for a full-batch run, stored (memory-mapped) for a mini-batch one."""
+        if self.eval_batch is None:
+            return self.data.knowledge(teacher, names)
+        return self._knowledge(teacher, names)
 
     def _knowledge(self, teacher: nn.Module, names: list[str]) -> Any:
         # Computing it or reading it from the cache must leave the student's random

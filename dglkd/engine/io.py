@@ -35,10 +35,11 @@ _TRACKED: set[Path] = set()
 def _atomic(path: Path, write: Callable[[Any], Any], record: bool = True) -> Path:
     """Write ``path`` atomically; under a tracked run folder, record the file's size and
     SHA-256 in its manifest."""
-    digest = atomic_write(Path(path), write, check=file_digest)
+    path = Path(path)
+    digest = atomic_write(path, write, check=file_digest)
     if record:
-        _record(Path(path), digest)
-    return Path(path)
+        _record(path, digest)
+    return path
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
