@@ -100,3 +100,85 @@ def test_gnn_students_distil_on_sampled_blocks(planetoid_root, tmp_path, terms):
     history = json.loads(next((tmp_path / "runs").glob("*/phases/student_seed0.json"))
                          .read_text())["history"]
     assert history[-1]["total"] < history[0]["total"]
+
+
+# -- the relation among a batch's nodes: built only for terms that read it ------------------
+@pytest.mark.parametrize("terms, reads", [
+    ({"ce": 1.0, "kd": 1.0}, False),
+    ({"glnn": 1.0, "rkd": 1.0}, False),
+    ({"ce": 1.0, "lsp": {"weight": 1.0, "graph": "native"}}, True),
+    ({"ce": 1.0, "lsp": {"weight": 1.0, "graph": "union_knn"}}, False),
+    ({"ce": 1.0, "hkd": {"weight": 0.1, "relation": "native"}}, True),
+    ({"ce": 1.0, "hkd": {"weight": 0.1, "relation": "knn"}}, False),
+    ({"ce": 1.0, "hkd": {"weight": 0.0, "relation": "native"}}, False),  # a zero-weight member
+])
+def test_a_recipe_reads_the_graph_only_through_members_that_say_so(terms, reads):
+    from dglkd.methods import MethodContext, compose
+
+    shapes = {"pool": (16,), "hidden": (16,)}
+    context = MethodContext(7, num_instances=100, student_shapes=shapes, teacher_shapes=shapes)
+    assert compose(terms, context=context).reads_graph() is reads
+
+
+def _small_cora_data():
+    import torch
+    import dglkd
+    from dglkd.engine.graph import GraphData
+
+    return GraphData(dglkd.data.load("cora"), torch.device("cpu"), self_loop=True)
+
+
+def test_block_batches_carry_the_induced_subgraph_only_when_asked():
+    import dgl
+    import torch
+    from dglkd.config import TrainConfig
+    from dglkd.engine.graph import minibatches
+    from dglkd.models import build_model
+
+    data = _small_cora_data()
+    model = build_model("sage", 7, 1433, hidden=16)
+    cfg = TrainConfig(epochs=1, batch_size=64, fanouts=[3, 3])
+    plain = next(iter(minibatches(data, model, cfg, None, torch.Generator().manual_seed(0))()))
+    assert plain.graph is None
+    with_graph = next(iter(minibatches(data, model, cfg, None, torch.Generator().manual_seed(0),
+                                       with_graph=True)()))
+    expected = dgl.node_subgraph(data.train_graph, with_graph.index)
+    assert torch.equal(torch.stack(with_graph.graph.edges()), torch.stack(expected.edges()))
+    assert with_graph.graph.num_nodes() == len(with_graph.index) == 64
+    whole = data.full_batch(None)
+    assert whole.graph is None and data.full_batch(None, with_graph=True).graph is data.train_graph
+
+
+def test_node_batches_refuse_a_term_that_reads_the_graph_in_one_line():
+    import torch
+    from dglkd.config import TrainConfig
+    from dglkd.engine.graph import minibatches
+    from dglkd.errors import DglkdError
+    from dglkd.models import build_model
+
+    data = _small_cora_data()
+    mlp = build_model("mlp", 7, 1433, hidden=16)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    with pytest.raises(DglkdError, match=r"lsp graph: native\).*node batches.*union_knn"):
+        minibatches(data, mlp, cfg, None, torch.Generator(), with_graph=True)
+
+
+def test_a_home_made_method_that_reads_the_graph_without_saying_so_is_told_how(tmp_path):
+    import dglkd
+    from dglkd.errors import DglkdError
+
+    @dglkd.register_method("edge_count_probe")
+    class EdgeCount(dglkd.DistillMethod):
+        """Test double: reads the batch's graph without declaring reads_graph()."""
+
+        needs_teacher = False
+
+        def loss_terms(self, batch):
+            return {"edge_count_probe": batch.student.logits.sum() * 0
+                    + dglkd.methods.base.require_graph(batch, self.name).num_edges()}
+
+    data = _small_cora_data()
+    objective = dglkd.compose({"edge_count_probe": 1.0}, context=7)
+    batch = data.full_batch(None, with_graph=objective.reads_graph())
+    with pytest.raises(DglkdError, match="reads_graph()"):
+        objective(batch.inputs[1][:, :7], graph=batch.graph)

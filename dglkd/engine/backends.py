@@ -34,8 +34,10 @@ class Backend(Protocol):
     # Graphs in memory only: the config refuses teacher_refine for the others.
     def refined_teacher(self, teacher: nn.Module) -> dict[str, float] | None: ...
     def generator(self) -> torch.Generator | None: ...
+    # with_graph: the objective reads the relation among a batch's instances (reads_graph)
     def batches(self, model: nn.Module, cfg: TrainConfig, teacher: Any,
-                generator: torch.Generator | None) -> Callable[[], Iterator[Batch]]: ...
+                generator: torch.Generator | None,
+                with_graph: bool = False) -> Callable[[], Iterator[Batch]]: ...
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
     def inference(self, teacher: nn.Module, student: nn.Module, seed: int) -> dict[str, Any]: ...
     def projector(self, model: nn.Module, objective: Recipe,
@@ -152,11 +154,13 @@ class GraphBackend:
         return torch.Generator().manual_seed(self.seed)
 
     def batches(self, model: nn.Module, cfg: TrainConfig, teacher: Knowledge | None,
-                generator: torch.Generator) -> Callable[[], Iterator[Batch]]:
-        """The whole graph as one batch, or mini-batches when ``cfg.batch_size`` is set."""
+                generator: torch.Generator,
+                with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
+        """The whole graph as one batch, or mini-batches when ``cfg.batch_size`` is set;
+        ``with_graph``: each batch carries the graph among its nodes."""
         if cfg.batch_size is not None:
-            return minibatches(self.data, model, cfg, teacher, generator)
-        batch = self.data.full_batch(teacher)
+            return minibatches(self.data, model, cfg, teacher, generator, with_graph)
+        batch = self.data.full_batch(teacher, with_graph)
         return lambda: iter([batch])
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

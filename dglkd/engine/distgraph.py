@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from dglkd.config import Config, ModelConfig, TrainConfig
 from dglkd.engine.partition import read_meta
 from dglkd.engine.parallel import is_main, world
-from dglkd.engine.step import Batch, median_ms
+from dglkd.engine.step import NATIVE_RELATION, Batch, median_ms
 from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, MethodContext, Recipe, context_for
 from dglkd.models import build_model
@@ -346,11 +346,16 @@ class DistGraphBackend:
         return torch.Generator().manual_seed(self.seed)
 
     def batches(self, model: nn.Module, cfg: TrainConfig, teacher: DistKnowledge | None,
-                generator: torch.Generator) -> Callable[[], Iterator[Batch]]:
+                generator: torch.Generator,
+                with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
         """This trainer's batches: its training nodes (no teacher) or all its nodes (with
-        the teacher's soft labels); node batches for the MLP, sampled blocks for a GNN."""
+        the teacher's soft labels); node batches for the MLP, sampled blocks for a GNN.
+        No batch carries the graph among its nodes here."""
         import dgl
 
+        if with_graph:
+            raise DglkdError(f"method: {NATIVE_RELATION}; DistDGL batches carry no graph "
+                             "among their nodes; use hkd relation: knn or lsp graph: union_knn")
         if cfg.batch_size is None:
             raise DglkdError("train.batch_size / teacher_train.batch_size: dist runs are "
                              "mini-batch; set the phase's batch_size")

@@ -15,7 +15,7 @@ from dglkd.config import TrainConfig
 from dglkd.data.task import GraphTask
 from dglkd.engine.parallel import node_loader, world
 from dglkd.engine.softlabels import SoftLabels, SoftLabelWriter, check_sample, open_soft_labels
-from dglkd.engine.step import Batch, median_ms
+from dglkd.engine.step import NATIVE_RELATION, Batch, median_ms
 from dglkd.progress import progress
 from dglkd.errors import DglkdError
 from dglkd.graphs.propagation import CorrectSmoothParams, correct_and_smooth
@@ -207,12 +207,13 @@ class GraphData:
                 out.write(name, slice(None), values)
         return open_soft_labels(folder)
 
-    def full_batch(self, teacher: Knowledge | None) -> Batch:
+    def full_batch(self, teacher: Knowledge | None, with_graph: bool = False) -> Batch:
         """The whole training graph as one batch: labels on training nodes, the teacher's
-        knowledge of every node, the graph itself as the relation among the instances."""
+        knowledge of every node and, ``with_graph``, the graph itself as the relation
+        among the instances."""
         return Batch((self.train_graph, self.feat), labels=self.labels,
                      label_mask=self.train_mask, index=self.node_ids,
-                     graph=self.train_graph, teacher=teacher)
+                     graph=self.train_graph if with_graph else None, teacher=teacher)
 
     def seeds(self, teacher: Knowledge | None) -> Tensor:
         """The nodes a phase iterates: every training-graph node when there is teacher
@@ -225,22 +226,25 @@ class GraphData:
                      label_mask=self.train_mask[ids], index=ids,
                      teacher=teacher.rows(ids) if teacher is not None else None)
 
-    def block_batch(self, seeds: Tensor, blocks: list, teacher: Knowledge | None) -> Batch:
-        """Sampled blocks around ``seeds``; the relation among the batch's instances is
-        the training graph's subgraph induced on them."""
+    def block_batch(self, seeds: Tensor, blocks: list, teacher: Knowledge | None,
+                    with_graph: bool = False) -> Batch:
+        """Sampled blocks around ``seeds``; ``with_graph``, the relation among the batch's
+        instances: the training graph's subgraph induced on them (a pass over their
+        edges per batch, so only for objectives that read it)."""
         return Batch((blocks, blocks[0].srcdata["feat"]), labels=self.labels[seeds],
                      label_mask=self.train_mask[seeds], index=seeds,
-                     graph=dgl.node_subgraph(self.train_graph, seeds),
+                     graph=dgl.node_subgraph(self.train_graph, seeds) if with_graph else None,
                      teacher=teacher.rows(seeds) if teacher is not None else None,
                      instances=len(seeds))
 
 
 def minibatches(data: GraphData, model: nn.Module, cfg: TrainConfig,
-                teacher: Knowledge | None,
-                generator: torch.Generator) -> Callable[[], Iterator[Batch]]:
+                teacher: Knowledge | None, generator: torch.Generator,
+                with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
     """One epoch of shuffled seed batches of ``cfg.batch_size``: node batches for a
     graph-free model (no graph is touched), else blocks from DGL's ``NeighborSampler``
-    with ``cfg.fanouts`` (all neighbours where absent) through DGL's ``DataLoader``.
+    with ``cfg.fanouts`` (all neighbours where absent) through DGL's ``DataLoader``;
+    ``with_graph``, each block batch carries the subgraph induced on its seeds.
     With several ranks each gets its own share of the seeds, every epoch, in batches of
     ``batch_size / ranks``: ``batch_size`` stays the global batch, so ``--nproc`` changes
     the speed and not the optimisation (one DDP step = one step of one process).
@@ -252,6 +256,11 @@ def minibatches(data: GraphData, model: nn.Module, cfg: TrainConfig,
     rank, ranks, _ = world()
     batch_size = -(-cfg.batch_size // ranks)
     if not getattr(model, "uses_graph", True):
+        if with_graph:
+            raise DglkdError(f"method: {NATIVE_RELATION}; a graph-free student trains on "
+                             "node batches, which carry none; use hkd relation: knn or lsp "
+                             "graph: union_knn, or train full-batch")
+
         def node_epoch() -> Iterator[Batch]:
             sampler = torch.utils.data.DistributedSampler(
                 seeds, num_replicas=ranks, rank=rank, shuffle=True, seed=_draw(generator))
@@ -276,7 +285,7 @@ def minibatches(data: GraphData, model: nn.Module, cfg: TrainConfig,
             # only then: tqdm starts the loader once more when it is made (a reshuffle)
             loader = progress(loader, True, "batches", len(loader), 0)
         for _input_nodes, output_nodes, blocks in loader:
-            yield data.block_batch(output_nodes, blocks, teacher)
+            yield data.block_batch(output_nodes, blocks, teacher, with_graph)
 
     return block_epoch
 

@@ -96,9 +96,11 @@ class ImageBackend:
         return torch.Generator().manual_seed(self.seed)
 
     def batches(self, _model: nn.Module, cfg: TrainConfig, _teacher: Any,
-                generator: torch.Generator) -> Callable[[], Iterator[Batch]]:
+                generator: torch.Generator,
+                _with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
         """One epoch of shuffled, augmented training batches; a short last batch is dropped
-        so BatchNorm never trains on a single image. The teacher runs on each batch."""
+        so BatchNorm never trains on a single image. The teacher runs on each batch.
+        Images have no native graph: methods build theirs (kNN) from the batch."""
         size = self.batch_size(cfg)
 
         def epoch() -> Iterator[Batch]:

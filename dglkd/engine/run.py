@@ -135,13 +135,14 @@ class Experiment:
                    "epochs": train_cfg.epochs, "lr": train_cfg.lr}
         knowledge = self.backend.teacher_knowledge(teacher, objective) if teacher else None
         generator = self.backend.generator()
-        batches = self.backend.batches(model, train_cfg, knowledge, generator)
+        with_graph = objective.reads_graph()
+        batches = self.backend.batches(model, train_cfg, knowledge, generator, with_graph)
         if objective.pretrain_epochs():
             if teacher is None:
                 raise DglkdError(f"method: {objective.name!r} has a first stage on the "
                                  "teacher; it needs one")
             pretrain(objective, self.backend.batches(model, self.config.train, knowledge,
-                                                     self.backend.generator()),
+                                                     self.backend.generator(), with_graph),
                      teacher, self.config.train)
         phase = make_phase(phase_name, model, objective, batches, train_cfg,
                            lambda: self.backend.evaluate(model), teacher=teacher,

@@ -56,6 +56,10 @@ class Batch:
 
 
 BatchSource = Callable[[], Iterable[Batch]]
+# What errors say when batches that cannot carry a graph among their instances meet an
+# objective that reads one (Recipe.reads_graph).
+NATIVE_RELATION = ("a term reads the graph among a batch's instances (hkd relation: native, "
+                   "lsp graph: native)")
 
 
 class TermMeans:
@@ -220,5 +224,5 @@ def median_ms(run: Callable[[], Any], device: torch.device,
     return statistics.median(times)
 
 
-__all__ = ["Batch", "BatchSource", "TermMeans", "batch_terms", "make_phase", "median_ms",
-           "pretrain", "train_epoch", "train_step"]
+__all__ = ["Batch", "BatchSource", "NATIVE_RELATION", "TermMeans", "batch_terms", "make_phase",
+           "median_ms", "pretrain", "train_epoch", "train_step"]

@@ -177,6 +177,12 @@ class DistillMethod(nn.Module):
         """Names of the (student, teacher) hidden features this method reads."""
         return [], []
 
+    def reads_graph(self) -> bool:
+        """Whether ``loss_terms`` reads ``batch.graph``, the relation among the batch's
+        instances. The engine passes it only to methods that say so: for sampled blocks
+        it is an induced subgraph built per batch, a cost the others should not pay."""
+        return False
+
     def pretrain_epochs(self) -> int:
         """Epochs of a first stage that trains the method's own modules on the teacher alone
         (MHGD); 0 for methods without one. The engine runs that stage before distilling."""
@@ -293,7 +299,7 @@ def build_method(
 def require_graph(batch: DistillBatch, method: str) -> Any:
     if batch.graph is None:
         raise DglkdError(f"method {method!r} needs a graph over the instances; none was given "
-                         "(graph=...)")
+                         "(graph=...; a method declares that it reads one with reads_graph())")
     return batch.graph
 
 

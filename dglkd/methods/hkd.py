@@ -141,6 +141,9 @@ class HKD(ContrastiveDistill):
             return [*student, self.params.knn_feature], [*teacher, self.params.knn_feature]
         return student, teacher
 
+    def reads_graph(self) -> bool:
+        return self.params.relation == "native"
+
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
         return {"hkd": self.holistic_loss(batch)}
 

@@ -268,6 +268,9 @@ class LSP(DistillMethod):
     def required_features(self) -> tuple[list[str], list[str]]:
         return [self.params.student_feature], [self.params.teacher_feature]
 
+    def reads_graph(self) -> bool:
+        return self.params.graph == "native"
+
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
         return {"lsp": self._lsp(batch)}
 

@@ -311,6 +311,10 @@ class Recipe(nn.Module):
     def needs_teacher(self) -> bool:
         return any(m.needs_teacher for label, m in self.members.items() if self.weights[label])
 
+    def reads_graph(self) -> bool:
+        """Whether a weighted member reads the batch's graph (the engine builds it then)."""
+        return any(m.reads_graph() for label, m in self.members.items() if self.weights[label])
+
     def required_features(self) -> tuple[list[str], list[str]]:
         student: dict[str, None] = {}
         teacher: dict[str, None] = {}
