@@ -118,6 +118,39 @@ def test_students_learn_from_the_refined_predictions(small_cora, tmp_path, batch
     assert not torch.allclose(expected, raw, atol=1e-2)  # the refinement changed them
 
 
+def test_inductive_refined_teacher_is_scored_on_the_hidden_nodes_over_the_whole_graph(
+        small_cora, tmp_path):
+    """Inductively the students learn from the refinement over the observed graph (its
+    validation score); the hidden test nodes are scored by the refinement over the whole
+    graph, with the training labels only, as the teacher itself is evaluated there."""
+    params = {"correct_alpha": 0.5, "smooth_alpha": 0.7, "steps": 10}
+    small_cora["data"] = {**small_cora["data"], "inductive": True}
+    small_cora.update(teacher_refine=params, cache_dir=str(tmp_path / "cache"))
+    small_cora["teacher_train"] = {"epochs": 20, "lr": 0.01}
+    experiment = Experiment.create(config_from_dict(small_cora), tmp_path / "runs",
+                                   say=lambda _m: None)
+    experiment.backend.load(0)
+    teacher, _ = experiment.teacher(0)
+    scores = experiment.backend.refined_teacher(teacher)
+    data = experiment.backend.data
+    whole, observed = data.eval_graph, data.train_graph
+    assert observed.num_nodes() < whole.num_nodes()
+    teacher.eval()
+    with torch.no_grad():
+        refined = {graph: correct_and_smooth(graph, teacher(graph, graph.ndata["feat"]).softmax(-1),
+                                             graph.ndata["label"], graph.ndata["train_mask"],
+                                             CorrectSmoothParams(**params))
+                   for graph in (whole, observed)}
+
+    def accuracy(graph, split):
+        mask = graph.ndata[f"{split}_mask"]
+        return (refined[graph][mask].argmax(-1) == graph.ndata["label"][mask]).float().mean()
+
+    assert int(whole.ndata["test_mask"].sum()) == 200  # 20 % of Cora's 1,000, all hidden
+    assert scores["test_acc"] == pytest.approx(float(accuracy(whole, "test")), abs=1e-6)
+    assert scores["val_acc"] == pytest.approx(float(accuracy(observed, "val")), abs=1e-6)
+
+
 def test_refined_teacher_through_distill_on_cora_npz(cli, write_config, small_cora, tmp_path):
     """GLNN's protocol, SAGE teacher: smoothing its predictions over the graph with the
     140 training labels lifts it, and the MLP learns from the refined soft labels."""

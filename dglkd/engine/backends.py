@@ -102,13 +102,20 @@ class GraphBackend:
         return dataclasses.replace(knowledge, logits=refined)
 
     def refined_teacher(self, teacher: nn.Module) -> dict[str, float] | None:
-        """How the teacher's refined predictions (``teacher_refine``) score on the training
-        graph's nodes, or None without refinement; what every student then learns from."""
+        """How the teacher's refined predictions (``teacher_refine``) score, or None
+        without refinement: on the training graph's nodes, what every student learns
+        from. Inductively the test nodes are hidden from that graph; their score is then
+        the refinement over the whole graph at test time (hidden nodes and their edges
+        revealed, as when the teacher itself is evaluated; still training labels only)."""
         refined = self._refined_logits(teacher)
         if refined is None:
             return None
-        return {**self.data.split_scores(self.data.train_graph, refined),
-                "test_acc_last": float("nan")}  # refined once, from the best-val teacher
+        scores = self.data.split_scores(self.data.train_graph, refined)
+        if self.data.task.observed_mask is not None:
+            whole = self.data.refined_logits(self.data.eval_logits(teacher, self.eval_batch),
+                                             self.config.teacher_refine, whole_graph=True)
+            scores["test_acc"] = self.data.split_scores(self.data.eval_graph, whole)["test_acc"]
+        return {**scores, "test_acc_last": float("nan")}  # refined once, best-val teacher
 
     def _refined_logits(self, teacher: nn.Module, knowledge: Any = None) -> Tensor | None:
         # Refined once per teacher: every student phase of the seed reuses them.

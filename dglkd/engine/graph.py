@@ -103,18 +103,21 @@ class GraphData:
         if getattr(model, "source_degree_norm", False) and OUT_DEGREES not in self.train_graph.ndata:
             attach_out_degrees(self.train_graph)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int | None = None) -> dict[str, float]:
         """Accuracy per split: one full-graph pass, or layer by layer over node batches of
         ``batch_size`` (the same logits, without every layer's activations at once)."""
+        return self.split_scores(self.eval_graph, self.eval_logits(model, batch_size))
+
+    @torch.no_grad()
+    def eval_logits(self, model: nn.Module, batch_size: int | None = None) -> Tensor:
+        """``model``'s logits of every node of the whole graph (hidden ones included)."""
         graph = self.eval_graph
         if batch_size is None:
             model.eval()
-            logits = model(graph, graph.ndata["feat"])
-        else:
-            logits, _ = layerwise_inference(model, graph, graph.ndata["feat"], batch_size,
-                                            device=self.device, progress=self.show_progress)
-        return self.split_scores(graph, logits)
+            return model(graph, graph.ndata["feat"])
+        logits, _ = layerwise_inference(model, graph, graph.ndata["feat"], batch_size,
+                                        device=self.device, progress=self.show_progress)
+        return logits
 
     def split_scores(self, graph: dgl.DGLGraph, logits: Tensor) -> dict[str, float]:
         """Accuracy per split of ``graph``'s nodes from their ``logits`` (NaN for a split
@@ -137,12 +140,15 @@ class GraphData:
                                             device=self.device, progress=self.show_progress)
         return Knowledge(logits.to(self.device), {k: v.to(self.device) for k, v in feats.items()})
 
-    def refined_logits(self, logits: Tensor, params: CorrectSmoothParams) -> Tensor:
-        """``logits`` of every training-graph node refined by Correct and Smooth over the
-        training graph with the training labels, as log-probabilities (the refined
-        probabilities at temperature 1; a zero probability becomes float32's tiniest)."""
-        probs = correct_and_smooth(self.train_graph, logits.float().softmax(-1),
-                                   self.labels, self.train_mask, params)
+    def refined_logits(self, logits: Tensor, params: CorrectSmoothParams,
+                       whole_graph: bool = False) -> Tensor:
+        """``logits`` of every training-graph node (``whole_graph``: of every node)
+        refined by Correct and Smooth over that graph with the training labels, as
+        log-probabilities (the refined probabilities at temperature 1; a zero probability
+        becomes float32's tiniest)."""
+        graph = self.eval_graph if whole_graph else self.train_graph
+        probs = correct_and_smooth(graph, logits.float().softmax(-1), graph.ndata["label"],
+                                   graph.ndata["train_mask"], params)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def method_context(self, student: nn.Module, teacher: nn.Module | None,
