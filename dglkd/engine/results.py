@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dglkd.engine.io import write_json, write_text
+from dglkd.files import atomic_write
 
 ROLES = ("teacher", "refined_teacher", "baseline", "student")
 ROLE_TITLES = {"teacher": "teacher",
@@ -87,8 +88,7 @@ def bar_chart(path: Path, results: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # A row without test accuracy (the refined teacher, inductive) has no bar.
-    labels = [k for k, row in results["methods"].items() if not math.isnan(row["test_acc"])]
+    labels = list(results["methods"])
     means = [100 * results["methods"][k]["test_acc"] for k in labels]
     stds = [100 * results["methods"][k]["test_acc_std"] for k in labels]
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 4))
@@ -100,11 +100,11 @@ def bar_chart(path: Path, results: dict[str, Any]) -> Path:
     for x, (m, s) in enumerate(zip(means, stds)):
         ax.text(x, m + s, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        # the format is named: the temp file written first has no .png suffix
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return path
 
 
