@@ -84,3 +84,50 @@ def run_cli(*args: object) -> tuple[int, str, str]:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def distill_cora(small_cora, write_config, tmp_path):
+    """``dglkd distill`` of the small Cora config with another ``method``: its stdout,
+    results and the distilled student's per-epoch history."""
+    import json
+
+    def distill(method: dict) -> tuple[str, dict, list[dict]]:
+        code, stdout, err = run_cli("distill", write_config(dict(small_cora, method=method)),
+                                    "--out", tmp_path / "runs")
+        assert code == 0, err
+        run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+        results = json.loads((run_dir / "results.json").read_text())
+        history = json.loads((run_dir / "phases" / "student_seed0.json").read_text())
+        return stdout, results, history["history"]
+
+    return distill
+
+
+@pytest.fixture
+def rerun_term_losses():
+    """One term's value over ``steps`` Adam steps of a small MLP on random inputs and
+    teacher logits, trained by ``recipe`` whose members re-run the student (adv_aug,
+    mixup)."""
+    import torch
+    from torch import nn
+
+    from dglkd.methods import Knowledge
+    from dglkd.methods.adv import Rerun
+
+    def train(recipe, term: str, steps: int) -> list[float]:
+        torch.manual_seed(3)
+        x, teacher = torch.randn(64, 6), torch.randn(64, 3) * 3
+        model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        losses = []
+        for _ in range(steps):
+            rerun = Rerun(x, lambda feat: Knowledge(model(feat)))
+            terms = recipe(Knowledge(model(x)), Knowledge(teacher), rerun=rerun)
+            optimizer.zero_grad()
+            recipe.backward(terms, model)
+            optimizer.step()
+            losses.append(terms[term].item())
+        return losses
+
+    return train

@@ -41,8 +41,32 @@ class AdvParams(GLNNParams):
                                                           "[−ε, ε] instead of 0")
 
 
+class RerunMethod(DistillMethod):
+    """Base of methods that run the student again on other input features of the batch
+    (``adv_aug``, ``mixup``): the recipe hands them the batch's :class:`Rerun` before
+    each call (``rerun=``, which the engine passes when ``Recipe.needs_rerun``)."""
+
+    uses_rerun = True
+
+    def __init__(self, params: Any, context: Any) -> None:
+        super().__init__(params, context)
+        self._rerun: Rerun | None = None
+
+    def bind_rerun(self, rerun: Rerun | None) -> None:
+        """The batch's re-run of the student (set by the recipe before each call)."""
+        self._rerun = rerun
+
+    def rerun(self) -> Rerun:
+        """The bound re-run, or a one-line error saying how to give one."""
+        if self._rerun is None:
+            raise DglkdError(f"method {self.name!r} re-runs the student on other input "
+                             "features; call the recipe with rerun=dglkd.methods.adv.Rerun"
+                             "(features, run)")
+        return self._rerun
+
+
 @register_method("adv_aug")
-class AdversarialAugmentation(DistillMethod):
+class AdversarialAugmentation(RerunMethod):
     """Tian et al., "Learning MLPs on Graphs: A Unified View of Effectiveness, Robustness,
     and Efficiency" (NOSMOG), ICLR 2023: adversarial feature augmentation.
 
@@ -59,22 +83,9 @@ class AdversarialAugmentation(DistillMethod):
     """
 
     Params = AdvParams
-    uses_rerun = True
-
-    def __init__(self, params: AdvParams, context: Any) -> None:
-        super().__init__(params, context)
-        self._rerun: Rerun | None = None
-
-    def bind_rerun(self, rerun: Rerun | None) -> None:
-        """The batch's re-run of the student (set by the recipe before each call)."""
-        self._rerun = rerun
 
     def loss_terms(self, batch: DistillBatch) -> dict[str, Tensor]:
-        rerun = self._rerun
-        if rerun is None:
-            raise DglkdError(f"method {self.name!r} re-runs the student on perturbed "
-                             "features; call the recipe with rerun=dglkd.methods.adv.Rerun"
-                             "(features, run)")
+        rerun = self.rerun()
         delta = self.perturbation(batch, rerun)
         return {"adv_aug": self._loss(batch, rerun.run(rerun.features + delta))}
 
@@ -101,4 +112,4 @@ class AdversarialAugmentation(DistillMethod):
         return sum(weights[name] * term for name, term in terms.items())
 
 
-__all__ = ["AdvParams", "AdversarialAugmentation", "Rerun"]
+__all__ = ["AdvParams", "AdversarialAugmentation", "Rerun", "RerunMethod"]

@@ -206,7 +206,7 @@ class Recipe(nn.Module):
                 rerun: Any = None, **batch: Any) -> dict[str, Tensor]:
         """Every member's weighted terms. ``rerun`` (a :class:`dglkd.methods.adv.Rerun`:
         the batch's input features and the student run on others) goes to the members
-        that perturb the student's input (``uses_rerun``, NOSMOG's ``adv_aug``)."""
+        that re-run the student on other inputs (``uses_rerun``: ``adv_aug``, ``mixup``)."""
         teacher = as_knowledge(teacher, "teacher")
         teacher = teacher.detach() if teacher is not None else None
         terms: dict[str, Tensor] = {}
@@ -304,7 +304,7 @@ class Recipe(nn.Module):
 
     @property
     def needs_rerun(self) -> bool:
-        """Whether the engine must pass ``rerun=`` (a member perturbs the student's input)."""
+        """Whether the engine must pass ``rerun=`` (a member re-runs the student)."""
         return any(getattr(m, "uses_rerun", False) for m in self.members.values())
 
     @property
