@@ -30,6 +30,13 @@ graphs() {
         --set "teacher_refine={}" --set name=cora_gcn_cs_glnn
     $PY -m dglkd distill configs/cora_gcn_glnn.yaml --out "$OUT/cora" --set baseline=false \
         --set "teacher_refine={correct_alpha: 0.0, smooth_alpha: 0.9}" --set name=cora_gcn_smooth_glnn
+    # the same refinements with mixup on top (Cora: C&S; Citeseer: smoothing only)
+    $PY -m dglkd distill configs/cora_gcn_glnn.yaml --out "$OUT/cora" --set baseline=false \
+        --set "teacher_refine={}" --set "method={terms: {glnn: 1.0, mixup: {alpha: 0.2}}}" \
+        --set name=cora_gcn_cs_glnn_mixup
+    $PY -m dglkd distill configs/cora_gcn_glnn.yaml --out "$OUT/citeseer" --set baseline=false \
+        --set data.name=citeseer --set "teacher_refine={correct_alpha: 0.0, smooth_alpha: 0.9}" \
+        --set "method={terms: {glnn: 1.0, mixup: {alpha: 0.2}}}" --set name=citeseer_gcn_smooth_glnn_mixup
 }
 images() {
     $PY -m dglkd compare configs/mnist_compare.yaml --out "$OUT/mnist" \
