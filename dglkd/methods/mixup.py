@@ -25,16 +25,17 @@ def mixup_loss(rerun: Rerun, teacher_logits: Tensor, rows: Tensor, weight: Tenso
     against p̃ = λ·p_rows + (1−λ)·p_partner of the teacher's softened outputs:
     KL(p̃ ‖ softmax(s(x̃)/T))·T², averaged over ``rows``. ``teacher_logits`` are the
     teacher's outputs of every row; ``weight`` holds λ, one per entry of ``rows``."""
+
+    def mix(values: Tensor) -> Tensor:
+        lam = weight.to(values).view(-1, *([1] * (values.dim() - 1)))
+        return lam * values[rows] + (1 - lam) * values[partner]
+
     features = rerun.features.detach()
-    lam = weight.to(features).view(-1, *([1] * (features.dim() - 1)))
     mixed = features.clone()
-    mixed[rows] = lam * features[rows] + (1 - lam) * features[partner]
-    probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    lam = weight.to(probs).unsqueeze(1)
-    target = lam * probs[rows] + (1 - lam) * probs[partner]
+    mixed[rows] = mix(features)
+    target = mix(F.softmax(teacher_logits.float() / temperature, dim=-1))
     log_student = F.log_softmax(rerun.run(mixed).logits[rows] / temperature, dim=-1)
-    kl = (torch.xlogy(target, target) - target * log_student).sum(-1)
-    return kl.mean() * temperature**2
+    return F.kl_div(log_student, target, reduction="batchmean") * temperature**2
 
 
 @register_method("mixup")
