@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from dglkd.config import Config, ModelConfig, TrainConfig
 from dglkd.engine.partition import read_meta
 from dglkd.engine.parallel import is_main, world
-from dglkd.engine.step import NATIVE_RELATION, Batch, median_ms
+from dglkd.engine.step import Batch, median_ms, no_instance_graph
 from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, MethodContext, Recipe, context_for
 from dglkd.models import build_model
@@ -354,8 +354,7 @@ class DistGraphBackend:
         import dgl
 
         if with_graph:
-            raise DglkdError(f"method: {NATIVE_RELATION}; DistDGL batches carry no graph "
-                             "among their nodes; use hkd relation: knn or lsp graph: union_knn")
+            raise no_instance_graph("DistDGL batches")
         if cfg.batch_size is None:
             raise DglkdError("train.batch_size / teacher_train.batch_size: dist runs are "
                              "mini-batch; set the phase's batch_size")

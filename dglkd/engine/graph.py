@@ -15,7 +15,7 @@ from dglkd.config import TrainConfig
 from dglkd.data.task import GraphTask
 from dglkd.engine.parallel import node_loader, world
 from dglkd.engine.softlabels import SoftLabels, SoftLabelWriter, check_sample, open_soft_labels
-from dglkd.engine.step import NATIVE_RELATION, Batch, median_ms
+from dglkd.engine.step import Batch, median_ms, no_instance_graph
 from dglkd.progress import progress
 from dglkd.errors import DglkdError
 from dglkd.graphs.propagation import CorrectSmoothParams, correct_and_smooth
@@ -263,9 +263,8 @@ def minibatches(data: GraphData, model: nn.Module, cfg: TrainConfig,
     batch_size = -(-cfg.batch_size // ranks)
     if not getattr(model, "uses_graph", True):
         if with_graph:
-            raise DglkdError(f"method: {NATIVE_RELATION}; a graph-free student trains on "
-                             "node batches, which carry none; use hkd relation: knn or lsp "
-                             "graph: union_knn, or train full-batch")
+            raise no_instance_graph("node batches (a graph-free student's)",
+                                    ", or train full-batch")
 
         def node_epoch() -> Iterator[Batch]:
             sampler = torch.utils.data.DistributedSampler(

@@ -56,10 +56,14 @@ class Batch:
 
 
 BatchSource = Callable[[], Iterable[Batch]]
-# What errors say when batches that cannot carry a graph among their instances meet an
-# objective that reads one (Recipe.reads_graph).
-NATIVE_RELATION = ("a term reads the graph among a batch's instances (hkd relation: native, "
-                   "lsp graph: native)")
+
+
+def no_instance_graph(batches: str, other_remedy: str = "") -> DglkdError:
+    """The one-line error for an objective that reads the graph among a batch's instances
+    (``Recipe.reads_graph``) given ``batches`` that carry none."""
+    return DglkdError("method: a term reads the graph among a batch's instances (hkd "
+                      f"relation: native, lsp graph: native); {batches} carry none; use hkd "
+                      f"relation: knn or lsp graph: union_knn{other_remedy}")
 
 
 class TermMeans:
@@ -224,5 +228,5 @@ def median_ms(run: Callable[[], Any], device: torch.device,
     return statistics.median(times)
 
 
-__all__ = ["Batch", "BatchSource", "NATIVE_RELATION", "TermMeans", "batch_terms", "make_phase",
-           "median_ms", "pretrain", "train_epoch", "train_step"]
+__all__ = ["Batch", "BatchSource", "TermMeans", "batch_terms", "make_phase",
+           "median_ms", "no_instance_graph", "pretrain", "train_epoch", "train_step"]
