@@ -131,3 +131,36 @@ def rerun_term_losses():
         return losses
 
     return train
+
+
+# -- small real MNIST (the image engine's tests and methods on image batches) -----------------
+MNIST_IMAGES = 600  # train 200 / val 100 / test 300: a few seconds per phase
+
+
+def write_idx(path: Path, array, magic: int) -> None:
+    import numpy as np
+
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(magic.to_bytes(4, "big") + dims + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory) -> Path:
+    """The first images of the bundled MNIST as a folder of uncompressed idx files."""
+    from dglkd.data.images import BUNDLED_MNIST, IDX_IMAGES, IDX_LABELS, read_idx
+
+    folder = tmp_path_factory.mktemp("mnist")
+    images = read_idx(BUNDLED_MNIST / "t10k-images-idx3-ubyte.gz", IDX_IMAGES)
+    labels = read_idx(BUNDLED_MNIST / "t10k-labels-idx1-ubyte.gz", IDX_LABELS)
+    write_idx(folder / "t10k-images-idx3-ubyte", images[:MNIST_IMAGES], IDX_IMAGES)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels[:MNIST_IMAGES], IDX_LABELS)
+    return folder
+
+
+def mnist_overrides(root: Path, cache: Path, epochs: int = 2) -> list[str]:
+    """``--set`` items that shrink an MNIST config to the ``mnist_root`` images."""
+    return [f"data.root={root}", "data.train_size=200", "data.val_size=100", "n_runs=1",
+            f"teacher_train.epochs={epochs}", f"train.epochs={epochs}",
+            "teacher_train.batch_size=32", "train.batch_size=32",
+            "teacher_train.checkpoint_every=1", "train.checkpoint_every=1",
+            "log.progress=false", f"cache_dir={cache}"]

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from dglkd.config import load_config
-from dglkd.data.images import BUNDLED_MNIST, IDX_IMAGES, IDX_LABELS, read_idx
 from dglkd.engine.image import ImageBackend
 from dglkd.engine.loop import fit
 from dglkd.engine.run import Experiment
@@ -24,10 +23,10 @@ from dglkd.errors import DglkdError
 from dglkd.methods import DistillMethod, Knowledge, MethodContext, Recipe, compose
 from dglkd.methods.base import DistillBatch, MethodParams
 from dglkd.methods.kd import KD, KDParams
+from tests.conftest import MNIST_IMAGES, mnist_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-MNIST_IMAGES = 600  # train 200 / val 100 / test 300: a few seconds per phase
 
 
 @pytest.fixture(autouse=True)
@@ -37,30 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(magic.to_bytes(4, "big") + dims + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory) -> Path:
-    """The first images of the bundled MNIST as a folder of uncompressed idx files."""
-    folder = tmp_path_factory.mktemp("mnist")
-    images = read_idx(BUNDLED_MNIST / "t10k-images-idx3-ubyte.gz", IDX_IMAGES)
-    labels = read_idx(BUNDLED_MNIST / "t10k-labels-idx1-ubyte.gz", IDX_LABELS)
-    write_idx(folder / "t10k-images-idx3-ubyte", images[:MNIST_IMAGES], IDX_IMAGES)
-    write_idx(folder / "t10k-labels-idx1-ubyte", labels[:MNIST_IMAGES], IDX_LABELS)
-    return folder
-
-
-def mnist_overrides(root: Path, cache: Path, epochs: int = 2) -> list[str]:
-    return [f"data.root={root}", "data.train_size=200", "data.val_size=100", "n_runs=1",
-            f"teacher_train.epochs={epochs}", f"train.epochs={epochs}",
-            "teacher_train.batch_size=32", "train.batch_size=32",
-            "teacher_train.checkpoint_every=1", "train.checkpoint_every=1",
-            "log.progress=false", f"cache_dir={cache}"]
 
 
 def accuracies(results: dict) -> dict[str, float]:

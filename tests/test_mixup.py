@@ -16,7 +16,7 @@ from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, build_method
 from dglkd.methods.adv import Rerun
 from dglkd.methods.mixup import mixup_loss
-from tests.test_image_engine import CONFIGS, mnist_overrides, mnist_root  # noqa: F401 (fixture)
+from tests.conftest import REPO, mnist_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,7 +106,7 @@ def test_mixup_on_image_batches(mnist_root, tmp_path):
     overrides = mnist_overrides(mnist_root, tmp_path / "cache") + [
         "baseline=false",
         "method={terms: {ce: 1.0, kd: 1.0, mixup: {alpha: 0.4, temperature: 4.0}}}"]
-    config = load_config(CONFIGS / "mnist_kd.yaml", overrides)
+    config = load_config(REPO / "configs" / "mnist_kd.yaml", overrides)
     results = Experiment.create(config, tmp_path / "runs", say=lambda _msg: None).distill()
     assert results["formula"] == "loss = 1*ce + 1*kd + 1*mixup"
     run_dir = Path(results["run_dir"])
