@@ -128,6 +128,31 @@ def test_standalone_one_partition(tmp_path):
     assert next((tmp_path / "runs").glob("cora_dist-*/results.json")).is_file()
 
 
+def test_standalone_refuses_a_term_reading_the_native_graph(tmp_path):
+    """DistDGL batches carry no graph among their nodes: HKD on the native graph is
+    refused in one line naming the batches and the remedy, and nothing is left running."""
+    part_config = _partition(1, tmp_path / "parts1")
+    config = _config(tmp_path, part_config, None, 1, 1)
+    recipe = yaml.safe_load(config.read_text())
+    # logits and in-batch negatives: what DistDGL serves (no hidden teacher features, no
+    # memory bank), so the graph is the one thing missing
+    recipe["method"] = {"terms": {"glnn": 1.0, "hkd": {
+        "weight": 0.1, "relation": "native", "student_feature": "logits",
+        "teacher_feature": "logits", "negatives": "batch"}}}
+    config.write_text(yaml.safe_dump(recipe))
+    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
+    try:
+        done = subprocess.run([*DGLKD, "distill", str(config), "--out", str(tmp_path / "runs")],
+                              env=env, capture_output=True, text=True, timeout=150)
+    finally:
+        left = _left_behind(str(tmp_path))
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("dglkd: error: method: a term reads the graph"), last
+    assert "DistDGL batches carry none" in last and "relation: knn" in last, last
+    assert not left, [p.pid for p in left]
+
+
 def test_standalone_refuses_two_partitions(two_parts, tmp_path):
     config = _config(tmp_path, two_parts, None, 1, 1)
     env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
