@@ -86,6 +86,11 @@ def two_parts(tmp_path_factory) -> Path:
     return _partition(2, tmp_path_factory.mktemp("parts2"))
 
 
+@pytest.fixture(scope="module")
+def one_part(tmp_path_factory) -> Path:
+    return _partition(1, tmp_path_factory.mktemp("parts1"))
+
+
 def _launch_argv(tmp: Path, part_config: Path, config: Path) -> list[str]:
     ip_config = tmp / "ip_config.txt"
     return [*DGLKD, "launch", "--local", "--ip-config", str(ip_config), "--part-config",
@@ -117,9 +122,8 @@ def test_partition_launch_distill_cora(two_parts, tmp_path):
     assert results["student"]["test_acc"] >= 0.69, results["student"]
 
 
-def test_standalone_one_partition(tmp_path):
-    part_config = _partition(1, tmp_path / "parts1")
-    config = _config(tmp_path, part_config, None, 3, 3)
+def test_standalone_one_partition(one_part, tmp_path):
+    config = _config(tmp_path, one_part, None, 3, 3)
     env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
     done = subprocess.run([*DGLKD, "distill", str(config), "--out", str(tmp_path / "runs")],
                           env=env, capture_output=True, text=True, timeout=150)
@@ -128,17 +132,22 @@ def test_standalone_one_partition(tmp_path):
     assert next((tmp_path / "runs").glob("cora_dist-*/results.json")).is_file()
 
 
-def test_standalone_refuses_a_term_reading_the_native_graph(tmp_path):
-    """DistDGL batches carry no graph among their nodes: HKD on the native graph is
-    refused in one line naming the batches and the remedy, and nothing is left running."""
-    part_config = _partition(1, tmp_path / "parts1")
-    config = _config(tmp_path, part_config, None, 1, 1)
+@pytest.mark.parametrize("hkd, first, details", [
+    # the graph among a batch's nodes: DistDGL batches carry none
+    ({"relation": "native", "negatives": "batch"}, "method: a term reads the graph",
+     ["DistDGL batches carry none", "relation: knn"]),
+    # a memory bank row per node: DistDGL runs give no instance count
+    ({"relation": "knn", "negatives": "memory"}, "method (hkd): method 'hkd': negatives=",
+     ["DistDGL runs give none", "use negatives='batch'"]),
+])
+def test_standalone_refuses_what_distdgl_cannot_serve(one_part, tmp_path, hkd, first, details):
+    """HKD options DistDGL cannot serve are refused in one line naming the cause and the
+    remedy, and nothing is left running (logits on both sides: DistDGL serves no hidden
+    teacher features)."""
+    config = _config(tmp_path, one_part, None, 1, 1)
     recipe = yaml.safe_load(config.read_text())
-    # logits and in-batch negatives: what DistDGL serves (no hidden teacher features, no
-    # memory bank), so the graph is the one thing missing
     recipe["method"] = {"terms": {"glnn": 1.0, "hkd": {
-        "weight": 0.1, "relation": "native", "student_feature": "logits",
-        "teacher_feature": "logits", "negatives": "batch"}}}
+        "weight": 0.1, "student_feature": "logits", "teacher_feature": "logits", **hkd}}}
     config.write_text(yaml.safe_dump(recipe))
     env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
     try:
@@ -148,8 +157,8 @@ def test_standalone_refuses_a_term_reading_the_native_graph(tmp_path):
         left = _left_behind(str(tmp_path))
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("dglkd: error: method: a term reads the graph"), last
-    assert "DistDGL batches carry none" in last and "relation: knn" in last, last
+    assert last.startswith(f"dglkd: error: {first}"), last
+    assert all(detail in last for detail in details), last
     assert not left, [p.pid for p in left]
 
 

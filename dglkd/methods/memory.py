@@ -243,8 +243,10 @@ class ContrastiveDistill(DistillMethod):
     def _build_bank(self, params: ContrastiveParams, context: MethodContext) -> MemoryBank:
         if context.num_instances < 1:
             raise DglkdError(
-                f"method {self.name!r}: negatives='memory' needs the number of training "
-                "instances (context.num_instances); give it or use negatives='batch'"
+                f"method {self.name!r}: negatives='memory' keeps a row per training "
+                "instance, but this run gives no instance count (MethodContext.num_instances: "
+                "context_for sets it from labels=; DistDGL runs give none); use "
+                "negatives='batch'"
             )
         return MemoryBank(context.num_instances, params.embed_dim, params.momentum,
                           context.instance_labels)
