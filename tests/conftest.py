@@ -104,6 +104,14 @@ def distill_cora(small_cora, write_config, tmp_path):
     return distill
 
 
+def rerun_of(model, x):
+    """The re-run ``adv_aug`` and ``mixup`` are handed: ``model`` on other rows than ``x``."""
+    from dglkd.methods import Knowledge
+    from dglkd.methods.adv import Rerun
+
+    return Rerun(x, lambda feat: Knowledge(model(feat)))
+
+
 @pytest.fixture
 def rerun_term_losses():
     """One term's value over ``steps`` Adam steps of a small MLP on random inputs and
@@ -113,7 +121,6 @@ def rerun_term_losses():
     from torch import nn
 
     from dglkd.methods import Knowledge
-    from dglkd.methods.adv import Rerun
 
     def train(recipe, term: str, steps: int) -> list[float]:
         torch.manual_seed(3)
@@ -122,8 +129,7 @@ def rerun_term_losses():
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         losses = []
         for _ in range(steps):
-            rerun = Rerun(x, lambda feat: Knowledge(model(feat)))
-            terms = recipe(Knowledge(model(x)), Knowledge(teacher), rerun=rerun)
+            terms = recipe(Knowledge(model(x)), Knowledge(teacher), rerun=rerun_of(model, x))
             optimizer.zero_grad()
             recipe.backward(terms, model)
             optimizer.step()

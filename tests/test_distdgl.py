@@ -98,6 +98,13 @@ def _launch_argv(tmp: Path, part_config: Path, config: Path) -> list[str]:
             "dglkd", "distill", str(config), "--out", str(tmp / "runs")]
 
 
+def _standalone(config: Path, out: Path, timeout: int = 150) -> subprocess.CompletedProcess:
+    """``dglkd distill`` outside a launch (no DGL_* variables): DistDGL's standalone mode."""
+    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
+    return subprocess.run([*DGLKD, "distill", str(config), "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def _ip_config(tmp: Path) -> Path:
     path = tmp / "ip_config.txt"
     path.write_text("".join(f"127.0.0.1 {port}\n" for port in _ports(2)))
@@ -124,9 +131,7 @@ def test_partition_launch_distill_cora(two_parts, tmp_path):
 
 def test_standalone_one_partition(one_part, tmp_path):
     config = _config(tmp_path, one_part, None, 3, 3)
-    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
-    done = subprocess.run([*DGLKD, "distill", str(config), "--out", str(tmp_path / "runs")],
-                          env=env, capture_output=True, text=True, timeout=150)
+    done = _standalone(config, tmp_path / "runs")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "mode standalone" in done.stdout
     assert next((tmp_path / "runs").glob("cora_dist-*/results.json")).is_file()
@@ -149,10 +154,8 @@ def test_standalone_refuses_what_distdgl_cannot_serve(one_part, tmp_path, hkd, f
     recipe["method"] = {"terms": {"glnn": 1.0, "hkd": {
         "weight": 0.1, "student_feature": "logits", "teacher_feature": "logits", **hkd}}}
     config.write_text(yaml.safe_dump(recipe))
-    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
     try:
-        done = subprocess.run([*DGLKD, "distill", str(config), "--out", str(tmp_path / "runs")],
-                              env=env, capture_output=True, text=True, timeout=150)
+        done = _standalone(config, tmp_path / "runs")
     finally:
         left = _left_behind(str(tmp_path))
     assert done.returncode == 2, done.stderr[-3000:]
@@ -164,9 +167,7 @@ def test_standalone_refuses_what_distdgl_cannot_serve(one_part, tmp_path, hkd, f
 
 def test_standalone_refuses_two_partitions(two_parts, tmp_path):
     config = _config(tmp_path, two_parts, None, 1, 1)
-    env = {k: v for k, v in ENV.items() if not k.startswith("DGL_")}
-    done = subprocess.run([*DGLKD, "distill", str(config)], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    done = _standalone(config, tmp_path / "runs", timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("dglkd: error: data.part_config")
 

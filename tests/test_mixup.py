@@ -16,13 +16,9 @@ from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, build_method
 from dglkd.methods.adv import Rerun
 from dglkd.methods.mixup import mixup_loss
-from tests.conftest import REPO, mnist_overrides
+from tests.conftest import REPO, mnist_overrides, rerun_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _rerun(model: nn.Module, x: torch.Tensor) -> Rerun:
-    return Rerun(x, lambda feat: Knowledge(model(feat)))
 
 
 def test_mixup_loss_matches_hand_computation():
@@ -30,7 +26,7 @@ def test_mixup_loss_matches_hand_computation():
     # λ = 0.75 and 0.5; row 2 is not mixed (outside rows).
     x = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0], [5.0, 5.0]])
     teacher = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, 9.0]])
-    loss = mixup_loss(_rerun(nn.Identity(), x), teacher, torch.tensor([0, 1]),
+    loss = mixup_loss(rerun_of(nn.Identity(), x), teacher, torch.tensor([0, 1]),
                       torch.tensor([0.75, 0.5]), torch.tensor([1, 0]))
     # row 0: x̃ = (0.75·ln3, 0), p = (1/2, 1/2) and (3/4, 1/4) → p̃ = (9/16, 7/16);
     # row 1: x̃ = (0.5·ln3, 0), p̃ = (5/8, 3/8)
@@ -49,7 +45,7 @@ def test_mixup_with_lambda_one_is_the_kd_term():
     x, teacher = torch.randn(6, 4), torch.randn(6, 3)
     model = nn.Linear(4, 3)
     rows = torch.arange(6)
-    loss = mixup_loss(_rerun(model, x), teacher, rows, torch.ones(6), rows.flip(0), 2.0)
+    loss = mixup_loss(rerun_of(model, x), teacher, rows, torch.ones(6), rows.flip(0), 2.0)
     kd = build_method("kd", 3, temperature=2.0)(Knowledge(model(x)), Knowledge(teacher))["kd"]
     assert loss.item() == pytest.approx(kd.item(), rel=1e-5)
 

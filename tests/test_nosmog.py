@@ -15,6 +15,7 @@ from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, MethodContext, build_method
 from dglkd.methods.adv import Rerun
 from dglkd.methods.rsd import similarity_mse
+from tests.conftest import rerun_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,10 +79,6 @@ def test_training_lowers_rsd():
 
 
 # -- adversarial feature augmentation ---------------------------------------------------------
-def _linear_rerun(model: nn.Module, x: torch.Tensor) -> Rerun:
-    return Rerun(x, lambda feat: Knowledge(model(feat)))
-
-
 def test_adversarial_perturbation_matches_hand_computation():
     # one ascent step of size ≥ ε from 0 lands on ε·sign(∇_X L)
     torch.manual_seed(2)
@@ -93,14 +90,14 @@ def test_adversarial_perturbation_matches_hand_computation():
                      reduction="batchmean")
     (grad,) = torch.autograd.grad(clean, x_req)
     recipe = dglkd.compose(adv=(1.0, method))
-    terms = recipe(Knowledge(model(x)), Knowledge(teacher), rerun=_linear_rerun(model, x))
+    terms = recipe(Knowledge(model(x)), Knowledge(teacher), rerun=rerun_of(model, x))
     attacked = F.kl_div(model(x + 0.1 * grad.sign()).log_softmax(1), teacher.log_softmax(1),
                         log_target=True, reduction="batchmean")
     assert terms["adv.adv_aug"].item() == pytest.approx(attacked.item(), rel=1e-5)
     assert attacked > clean  # the ascent raised the loss
     delta = method.perturbation(dglkd.methods.base.DistillBatch(Knowledge(model(x)),
                                                                 Knowledge(teacher)),
-                                _linear_rerun(model, x))
+                                rerun_of(model, x))
     assert delta.abs().max() <= 0.1 + 1e-7
 
 
