@@ -23,7 +23,7 @@ other, so its peak resident memory (``ru_maxrss``) is its own:
   in-neighbourhood (``MultiLayerFullNeighborSampler(3)`` blocks, computing only the rows
   needed) and its training fan-outs (``NeighborSampler([15, 10, 5])`` blocks), sampling and
   feature gathering included, against the MLP reading those nodes' features only; median
-  ms by ``dglkd.engine.step.median_ms``. Loads the graph (CSC only) and both models.
+  ms by ``dglkd.engine.step.median_ms``. Loads the graph (CSC only, 32-bit IDs) and both models.
 
 Prints one table (per role: seconds per 100 batches, sampling / compute; peak RSS in GB,
 goal ≤ 12 GB each, the graph counted), the layer-wise inference's seconds and nodes/s, the
@@ -126,12 +126,14 @@ def ensure_graph(path: str) -> dict:
     return {"graph_generated": True, "graph_seconds": time.perf_counter() - start}
 
 
-def _load_graph(path: str, formats: list[str]):
-    """The saved graph with only ``formats`` materialised (its stored COO is dropped)."""
+def _load_graph(path: str, formats: list[str], int32: bool = False):
+    """The saved graph with only ``formats`` materialised (its stored COO is dropped);
+    ``int32``: node and edge IDs as 32-bit integers (DGL's ``DGLGraph.int()``)."""
     import dgl
 
     graphs, _ = dgl.load_graphs(path)
-    graph = graphs[0].formats(formats)
+    graph = graphs[0].int() if int32 else graphs[0]
+    graph = graph.formats(formats)
     del graphs
     for split in ("train", "val", "test"):  # saved as uint8; indexing wants bool masks
         key = f"{split}_mask"
@@ -271,7 +273,11 @@ def role_latency(args: argparse.Namespace, work: Path) -> dict:
     from dglkd.models import build_model
 
     start = time.perf_counter()
-    graph = _load_graph(args.graph, ["csc"])
+    # 32-bit IDs (products' 2.45 M nodes and 124 M edges fit) halve the graph's index
+    # arrays and those of every block sampled from it: the full 3-hop neighbourhood of
+    # 1,024 nodes reaches every node over 85 M edges, and its 64-bit indices took the role
+    # over 12 GB. Blocks inherit the graph's ID type; SAGEConv runs on either.
+    graph = _load_graph(args.graph, ["csc"], int32=True)
     feat = graph.ndata.pop("feat")
     for key in list(graph.ndata.keys()):  # structure only: blocks copy no node data
         graph.ndata.pop(key)
@@ -285,7 +291,7 @@ def role_latency(args: argparse.Namespace, work: Path) -> dict:
     mlp.eval()
     cpu = torch.device("cpu")
     targets = torch.randperm(graph.num_nodes(), generator=torch.Generator().manual_seed(0))
-    targets = targets[:LATENCY_NODES]
+    targets = targets[:LATENCY_NODES].to(graph.idtype)
     full = dgl.dataloading.MultiLayerFullNeighborSampler(3)
     sampled = dgl.dataloading.NeighborSampler(FANOUTS)
     sizes: dict[str, list] = {}
