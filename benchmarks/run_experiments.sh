@@ -36,6 +36,11 @@ graphs() {
         $PY -m dglkd compare configs/npz_sage_mlp_best.yaml --out "$OUT/npz" --methods glnn \
             --set seed=$first --set "compare.glnn.terms.mixup={alpha: 0.2}"
     done
+    # GNN -> GNN: a SAGE student of the refined SAGE teacher, seeds 0-9 and 10-29
+    for first in 0 10 20; do
+        $PY -m dglkd compare configs/npz_sage_sage_refined.yaml --out "$OUT/npz" --methods glnn \
+            --set seed=$first
+    done
     # the demo's teacher refined by Correct and Smooth, and by smoothing alone
     $PY -m dglkd distill configs/cora_gcn_glnn.yaml --out "$OUT/cora" --set baseline=false \
         --set "teacher_refine={}" --set name=cora_gcn_cs_glnn
