@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv from the lock file (once) and install dglkd into it in editable mode.
+# Create .venv from the lock file (once) and install dglkd into it in editable mode
+# (pyproject.toml, PEP 660; no build isolation: the build uses the lock's setuptools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
