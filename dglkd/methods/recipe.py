@@ -12,10 +12,16 @@ until}``, see :class:`Schedule`): its weight is multiplied by the schedule's fac
 current epoch, which the engine sets through :meth:`Recipe.set_epoch`. A member may also
 shape its own gradient (:class:`GradientRule`, MHGD's clip): :meth:`Recipe.backward` then
 back-propagates that member's terms and the others' separately into the student.
+
+In a user's own loop, :meth:`Recipe.step` does both in one call per step. A recipe with
+schedules or gradient rules that is stepped another way (``sum(terms.values()).backward()``
+never tells it the epoch nor lets it shape a gradient) says so once
+(:class:`RecipeStepWarning`).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
@@ -173,6 +179,12 @@ def qualified(label: str, term: str) -> str:
     return label if term == label else f"{label}.{term}"
 
 
+class RecipeStepWarning(UserWarning):
+    """A recipe whose members need the epoch (schedules, ramps) or shape their own gradient
+    (MHGD's clip) was trained without :meth:`Recipe.step` (or ``set_epoch`` and
+    ``backward``): what those members do was silently skipped."""
+
+
 class Recipe(nn.Module):
     """A weighted sum of methods, called like one method.
 
@@ -181,6 +193,7 @@ class Recipe(nn.Module):
     and :meth:`backward` back-propagates it (honouring the members' gradient rules).
     ``schedules`` maps labels to :class:`Schedule` s: a member's weight is its base weight
     times the factor of the epoch last given to :meth:`set_epoch` (epoch 0 until then).
+    In a user's own loop, :meth:`step` is the one call per training step.
     """
 
     def __init__(self, members: Mapping[str, tuple[float, DistillMethod]],
@@ -197,9 +210,14 @@ class Recipe(nn.Module):
         self.schedules = {label: s for label, s in (schedules or {}).items() if s is not None}
         self.epoch = 0
         self.factors = {label: 1.0 for label in self.weights}
-        self.set_epoch(0)
+        self._apply_epoch(0)
         # which member produced each key of the last forward (for the gradient rules)
         self._owners: dict[str, str] = {}
+        # How the recipe is being stepped: whether anyone told it an epoch, whether a
+        # gradient is being taken by backward(), and whether the warning was given.
+        self._epoch_given = False
+        self._in_backward = False
+        self._step_warned = False
 
     # -- the loss ---------------------------------------------------------------------
     def forward(self, student: Knowledge | Tensor, teacher: Knowledge | Tensor | None = None,
@@ -221,7 +239,77 @@ class Recipe(nn.Module):
                 key = qualified(label, term)
                 terms[key] = weight * value
                 self._owners[key] = label
+        self._watch_stepping(terms)
         return terms
+
+    # -- how a user's loop steps it ---------------------------------------------------
+    def step(self, student: Knowledge | Tensor, teacher: Knowledge | Tensor | None = None, *,
+             model: nn.Module, epoch: int,
+             optimizer: torch.optim.Optimizer | None = None,
+             **batch: Any) -> dict[str, Tensor]:
+        """One training step of a user's own loop: tells the members the epoch
+        (schedules, ramps), computes the weighted terms, back-propagates them into
+        ``model`` (the student) and the members' own modules with the members' gradient
+        rules (MHGD's clip) and, given an ``optimizer``, zeroes its gradients before and
+        steps it after (leave it out to do both yourself, e.g. around a gradient
+        scaler). ``batch`` is what the call of the recipe takes (``labels``,
+        ``label_mask``, ``graph``, ``index``, ...). Returns the terms, detached:
+        ``sum(terms.values())`` is the loss of this step."""
+        if epoch != self.epoch or not self._epoch_given:
+            self.set_epoch(epoch)
+        terms = self(student, teacher, **batch)
+        if optimizer is not None:
+            optimizer.zero_grad()
+        self.backward(terms, model)
+        if optimizer is not None:
+            optimizer.step()
+        return {key: value.detach() for key, value in terms.items()}
+
+    def _stepping_needs(self) -> dict[str, str]:
+        """The members that need the recipe's own step, and what for."""
+        needs = {label: "gradient rule" for label, m in self.members.items()
+                 if isinstance(m, GradientRule) and m.has_gradient_rule()}
+        for label, method in self.members.items():
+            if label in self.schedules:
+                needs[label] = "schedule"
+            elif type(method).set_epoch is not DistillMethod.set_epoch:
+                needs.setdefault(label, "epoch")
+        return needs
+
+    def _watch_stepping(self, terms: Mapping[str, Tensor]) -> None:
+        """Warn once when training terms are computed before any epoch was given to a
+        recipe with schedules, and when a ruled member's terms are back-propagated
+        outside :meth:`backward` (a hook on them sees the gradient pass)."""
+        if self._step_warned or not any(v.requires_grad for v in terms.values()):
+            return
+        needs = self._stepping_needs()
+        if not needs:
+            return
+        if not self._epoch_given and set(needs.values()) - {"gradient rule"}:
+            self._warn_stepping(needs)
+            return
+        ruled = set(self._ruled(terms))
+        for key, value in terms.items():
+            if self._owners.get(key) in ruled and value.requires_grad:
+                value.register_hook(lambda grad: self._outside_backward(needs))
+
+    def _outside_backward(self, needs: dict[str, str]) -> None:
+        if not self._in_backward:
+            self._warn_stepping(needs)
+
+    def _warn_stepping(self, needs: dict[str, str]) -> None:
+        if self._step_warned:
+            return
+        self._step_warned = True
+        members = ", ".join(f"{label} ({what})" for label, what in needs.items())
+        verb = "needs" if len(needs) == 1 else "need"
+        warnings.warn(
+            f"recipe {self.name}: {members} {verb} the recipe's own training step: call "
+            "objective.step(student_knowledge, teacher_knowledge, model=student, "
+            "epoch=epoch, optimizer=optimizer, **batch) once per step (or "
+            "objective.set_epoch(epoch) every epoch and objective.backward(terms, student) "
+            "instead of loss.backward()); stepped otherwise, schedules stay at epoch 0 and "
+            "gradient rules are skipped", RecipeStepWarning, stacklevel=3)
 
     def _ruled(self, terms: Mapping[str, Tensor]) -> list[str]:
         """Labels of the members with an active gradient rule that produced terms."""
@@ -239,6 +327,13 @@ class Recipe(nn.Module):
         and the sum is accumulated into ``.grad``; the members' own modules (projections,
         channel maps) get the plain gradient of the total.
         """
+        self._in_backward = True
+        try:
+            return self._backward(terms, model)
+        finally:
+            self._in_backward = False
+
+    def _backward(self, terms: dict[str, Tensor], model: nn.Module) -> Tensor:
         total = sum(terms.values())
         ruled = self._ruled(terms)
         if not ruled:
@@ -266,8 +361,12 @@ class Recipe(nn.Module):
         return total.detach()
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the engine at the start of every training epoch: updates the
-        schedules' factors and tells every member."""
+        """Called by the engine at the start of every training epoch (and by
+        :meth:`step`): updates the schedules' factors and tells every member."""
+        self._epoch_given = True
+        self._apply_epoch(epoch)
+
+    def _apply_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self.factors = {label: (self.schedules[label].factor(self.epoch)
                                 if label in self.schedules else 1.0)
@@ -421,4 +520,4 @@ def compose(terms: Mapping[str, Any] | None = None,
     return Recipe(members, schedules)
 
 
-__all__ = ["GradientRule", "Recipe", "Schedule", "TermSpec", "build_recipe", "check_recipe", "compose", "recipe_spec"]
+__all__ = ["GradientRule", "Recipe", "RecipeStepWarning", "Schedule", "TermSpec", "build_recipe", "check_recipe", "compose", "recipe_spec"]
