@@ -1,6 +1,8 @@
 """The CIFAR-style CNNs: sizes from the literature, input shapes, named features."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -138,3 +140,43 @@ def test_bad_options_name_the_key(name, in_features, options, message):
     with pytest.raises(DglkdError, match=message) as info:
         MODELS.get(name)(10, in_features, **options)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{"widths": [32, 64, 128], "convs_per_stage": 2},
+                                     {"widths": [4, 8], "convs_per_stage": 3}])
+def test_the_small_cnns_size_estimate_is_their_parameter_count(options):
+    from dglkd.models.cnn.small import plain_cnn_parameters
+
+    model = MODELS.get("cnn_small")(10, (1, 28, 28), **options)
+    assert plain_cnn_parameters(10, 1, **options) == count_parameters(model)
+
+
+@pytest.mark.parametrize("options", [{"convs_per_stage": 2**31},  # the fuzz campaign's case
+                                     {"convs_per_stage": 10**6, "widths": [1, 1, 1]}])
+def test_a_cnn_too_deep_for_this_machine_is_refused_before_any_layer_is_built(options):
+    from dglkd.models import build_model
+
+    started = time.monotonic()
+    with pytest.raises(DglkdError, match=r"^teacher: model 'cnn_small': training [\d,]+ conv "
+                                         r"layers .* more than this machine's .* lower "
+                                         r"convs_per_stage or widths$"):
+        build_model("cnn_small", 10, (1, 28, 28), key="teacher", **options)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_too_deep_teacher_is_one_line_from_the_cli_before_anything_runs(cli, write_config,
+                                                                          tmp_path):
+    """The fault campaign's case (``teacher.convs_per_stage=2147483648`` on cnn_small) was
+    killed for memory, leaving a run folder behind."""
+    config = {"name": "deep", "seed": 0, "n_runs": 1,
+              "data": {"name": "digits", "train_size": 64, "val_size": 32},
+              "teacher": {"model": "cnn_small", "convs_per_stage": 2147483648},
+              "student": {"model": "cnn_tiny"}, "method": {"name": "kd"},
+              "teacher_train": {"epochs": 1, "batch_size": 32},
+              "train": {"epochs": 1, "batch_size": 32}, "log": {"progress": False}}
+    code, out, err = cli("distill", write_config(config), "--out", tmp_path / "runs")
+    assert "failed before anything was trained" in out
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("dglkd: error: teacher: model 'cnn_small': training 6,442,450,944 "
+                          "conv layers"), err
+    assert [p.name for p in (tmp_path / "runs").glob("*") if p.name != "cache"] == []
