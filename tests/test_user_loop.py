@@ -88,6 +88,17 @@ def _old_way(student, objective, x, teacher, labels, epochs):
         optimizer.step()
 
 
+def _epoch_but_plain_backward(student, objective, x, teacher, labels, epochs):
+    """The epoch given, the loss back-propagated by hand: right for schedules alone."""
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    for epoch in range(epochs):
+        objective.set_epoch(epoch)
+        terms = objective(student(x), teacher, labels=labels)
+        optimizer.zero_grad()
+        sum(terms.values()).backward()
+        optimizer.step()
+
+
 def _trained(way, make_student, make_objective, *data, epochs=3):
     student, objective = make_student(), make_objective()
     _, said = _recorded(lambda: way(student, objective, *data, epochs))
@@ -104,8 +115,9 @@ def test_step_trains_a_scheduled_recipe_as_the_engine_does_and_the_old_loop_warn
     engine, said_engine = _trained(_engine_way, _student, objective, *data)
     step, said_step = _trained(_step_way, _student, objective, *data)
     old, said_old = _trained(_old_way, _student, objective, *data)
-    assert _same(step, engine) and not _same(old, engine)
-    assert said_engine == said_step == []
+    by_hand, said_by_hand = _trained(_epoch_but_plain_backward, _student, objective, *data)
+    assert _same(step, engine) and _same(by_hand, engine) and not _same(old, engine)
+    assert said_engine == said_step == said_by_hand == []
     assert len(said_old) == 1
     assert "kd (schedule)" in str(said_old[0]) and "objective.step(" in str(said_old[0])
 
@@ -122,10 +134,14 @@ def test_step_applies_mhgds_clip_as_the_engine_does_and_the_old_loop_warns_once(
     engine, said_engine = _trained(_engine_way, make_student, make_objective, *data)
     step, said_step = _trained(_step_way, make_student, make_objective, *data)
     old, said_old = _trained(_old_way, make_student, make_objective, *data)
+    by_hand, said_by_hand = _trained(_epoch_but_plain_backward, make_student, make_objective,
+                                     *data)
     assert _same(step, engine)
-    assert not _same(old, engine)  # unclipped: MHGD's gradient exceeds the limit here
+    # unclipped: MHGD's gradient exceeds the limit here
+    assert not _same(old, engine) and not _same(by_hand, engine)
     assert said_engine == said_step == []
-    assert len(said_old) == 1 and "mhgd (gradient rule)" in str(said_old[0])
+    for said in (said_old, said_by_hand):
+        assert len(said) == 1 and "mhgd (gradient rule)" in str(said[0])
 
 
 def test_recipes_without_schedules_or_rules_never_warn():

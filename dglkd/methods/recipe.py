@@ -266,26 +266,27 @@ class Recipe(nn.Module):
         return {key: value.detach() for key, value in terms.items()}
 
     def _stepping_needs(self) -> dict[str, str]:
-        """The members that need the recipe's own step, and what for."""
-        needs = {label: "gradient rule" for label, m in self.members.items()
-                 if isinstance(m, GradientRule) and m.has_gradient_rule()}
+        """The members that need the recipe's own step, and what for: a schedule, an
+        epoch-dependent method, a gradient rule (MHGD's clip, whose ramp reads the
+        epoch too)."""
+        needs = {}
         for label, method in self.members.items():
-            if label in self.schedules:
-                needs[label] = "schedule"
-            elif type(method).set_epoch is not DistillMethod.set_epoch:
-                needs.setdefault(label, "epoch")
+            what = ["schedule"] if label in self.schedules else \
+                ["epoch"] if type(method).set_epoch is not DistillMethod.set_epoch else []
+            if isinstance(method, GradientRule) and method.has_gradient_rule():
+                what.append("gradient rule")
+            if what:
+                needs[label] = " and ".join(what)
         return needs
 
     def _watch_stepping(self, terms: Mapping[str, Tensor]) -> None:
-        """Warn once when training terms are computed before any epoch was given to a
-        recipe with schedules, and when a ruled member's terms are back-propagated
+        """Warn once when a recipe whose members need the epoch computes training terms
+        before any epoch was given, or when a ruled member's terms are back-propagated
         outside :meth:`backward` (a hook on them sees the gradient pass)."""
         if self._step_warned or not any(v.requires_grad for v in terms.values()):
             return
         needs = self._stepping_needs()
-        if not needs:
-            return
-        if not self._epoch_given and set(needs.values()) - {"gradient rule"}:
+        if needs and not self._epoch_given:
             self._warn_stepping(needs)
             return
         ruled = set(self._ruled(terms))
