@@ -16,7 +16,7 @@ Outcome classes, printed with their counts:
 and the failures (exit 1 when any occurs):
   traceback    an exception escaped, or a traceback on stderr
   multi-line   exit 2 with more than one line, or control characters in the line
-  hang         no answer within the case's time limit
+  hang         no answer, and no file written, within the case's time limit
   nan-exit0    exit 0 with a non-finite number in results.json
   silent-wrong exit 0, results differ from the undamaged reference, damage not named
 
@@ -202,8 +202,25 @@ def serve() -> None:
         sys.__stdout__.flush()
 
 
+def last_write(folder: Path) -> float:
+    """When anything under ``folder`` was last written (its newest modification time; links
+    not followed, files that vanish while looked at skipped)."""
+    newest = 0.0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
 class Worker:
-    """A ``--worker`` process; replaced after a hang."""
+    """A ``--worker`` process; replaced after a hang.
+
+    A case that keeps writing under the work folder (checkpoints, phase results: a valid
+    but long config, ``n_runs=200``, or any case on a loaded machine) is slow, not hung:
+    its time limit restarts while it writes, up to ``MAX_EXTENSIONS`` times."""
+
+    MAX_EXTENSIONS = 10
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
@@ -220,8 +237,13 @@ class Worker:
             self.process = self._start()
         self.process.stdin.write(json.dumps({"argv": argv}) + "\n")
         self.process.stdin.flush()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline, extensions = time.monotonic() + timeout, 0
+        while True:
+            if time.monotonic() >= deadline:
+                if extensions == self.MAX_EXTENSIONS or \
+                        time.time() - last_write(self.cwd) > timeout:
+                    break
+                deadline, extensions = time.monotonic() + timeout, extensions + 1
             ready, _, _ = select.select([self.process.stdout], [], [], 1.0)
             if not ready:
                 continue

@@ -148,3 +148,39 @@ def test_an_unusable_path_is_one_line_naming_it(tmp_path, label):
 def test_the_nan_triggers_stop_with_one_line(tmp_path, planetoid_root):
     for label, argv in campaign.nan_cases(tmp_path, planetoid_root):
         assert_clean(answer(argv), label, allowed=("error",))
+
+
+class _ScriptedWorker(campaign.Worker):
+    """The campaign's worker protocol, answered by a script: ``slow`` writes a file every
+    half second for 3 s before answering, anything else sleeps without a word."""
+
+    SCRIPT = f"""
+import json, pathlib, sys, time
+for line in sys.stdin:
+    if json.loads(line)["argv"] == ["slow"]:
+        for i in range(6):
+            pathlib.Path(f"progress{{i}}").write_text("x")
+            time.sleep(0.5)
+    else:
+        time.sleep(60)
+    answer = {{"code": 0, "stderr": "", "stdout": "", "escaped": None}}
+    sys.stdout.write({campaign.MARK!r} + json.dumps(answer) + "\\n")
+    sys.stdout.flush()
+"""
+
+    def _start(self):
+        import subprocess
+        import sys
+
+        return subprocess.Popen([sys.executable, "-c", self.SCRIPT], cwd=self.cwd,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                bufsize=1)
+
+
+def test_a_case_that_keeps_writing_is_slow_and_a_silent_one_is_a_hang(tmp_path):
+    worker = _ScriptedWorker(tmp_path)
+    try:
+        assert campaign.classify(worker.run(["slow"], timeout=1.5)) == "ran"
+        assert campaign.classify(worker.run(["silent"], timeout=1.5)) == "hang"
+    finally:
+        worker.stop()
