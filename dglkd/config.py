@@ -126,6 +126,9 @@ class TrainConfig(Strict):
     num_workers: int = pydantic.Field(0, ge=0, le=64)
     eval_batch_size: int = pydantic.Field(4096, ge=1, le=1 << 30)
     checkpoint_every: int = pydantic.Field(10, ge=1, le=100_000)
+    # Early stopping: end the phase after this many epochs without a better validation
+    # score, keeping the best epoch's model (GLNN's code uses 50); absent: every epoch.
+    patience: Optional[int] = pydantic.Field(None, ge=1, le=100_000)
 
     @pydantic.field_validator("fanouts")
     @classmethod
