@@ -4,6 +4,7 @@ from __future__ import annotations
 import platform
 import random
 import sys
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -49,14 +50,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:
-    import dgl
-
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__,
-                "dgl": dgl.__version__, "numpy": np.__version__}
-    for name in ("ogb", "pydantic", "sklearn"):
+    """What a run folder records of the machine: versions (read from the installed
+    packages' metadata, so nothing is imported for it), device, seeds, threads."""
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
+    for name in ("dgl", "numpy", "ogb", "pydantic", "scikit-learn"):
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = None
     return {"versions": versions, "device": str(device), "seeds": seeds,
             "platform": platform.platform(), "threads": torch.get_num_threads()}
