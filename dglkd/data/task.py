@@ -7,6 +7,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+# The three splits of every task.
+SPLITS = ("train", "val", "test")
+
 
 def accuracy(pred: Tensor, labels: Tensor) -> float:
     """Share of ``pred`` (class indices) equal to ``labels``."""
