@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig
-from dglkd.engine.graph import (GraphData, StoredKnowledge, inference_ms, inference_targets,
-                                minibatches)
 from dglkd.engine.parallel import barrier, is_main
 from dglkd.engine.step import Batch
 from dglkd.engine.tasks import load_task
 from dglkd.methods import Knowledge, MethodContext, Recipe
 from dglkd.models import build_model
+
+# dglkd.engine.graph needs DGL; image runs have none (dglkd.deps), so GraphBackend imports
+# it where it uses it.
+if TYPE_CHECKING:
+    from dglkd.engine.graph import GraphData
 
 INFERENCE_TARGETS = 1024
 
@@ -64,6 +67,8 @@ class GraphBackend:
         self.eval_batch = config.train.eval_batch_size if minibatch else None
 
     def load(self, seed: int) -> None:
+        from dglkd.engine.graph import GraphData
+
         self.seed = seed
         self.data = GraphData(load_task(self.config.data, seed), self.device,
                               self.config.data.self_loop)
@@ -90,6 +95,8 @@ class GraphBackend:
     def teacher_knowledge(self, teacher: nn.Module, objective: Recipe) -> Any:
         # The teacher is frozen: its knowledge of every node is computed once per phase
         # (at scale, once per cached teacher, into memory-mapped soft labels).
+        from dglkd.engine.graph import StoredKnowledge
+
         if not objective.needs_teacher:
             return None
         names = objective.required_features()[1]
@@ -119,6 +126,8 @@ class GraphBackend:
 
     def _refined_logits(self, teacher: nn.Module, knowledge: Any = None) -> Tensor | None:
         # Refined once per teacher: every student phase of the seed reuses them.
+        from dglkd.engine.graph import StoredKnowledge
+
         params = self.config.teacher_refine
         if params is None:
             return None
@@ -165,6 +174,8 @@ class GraphBackend:
                 with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
         """The whole graph as one batch, or mini-batches when ``cfg.batch_size`` is set;
         ``with_graph``: each batch carries the graph among its nodes."""
+        from dglkd.engine.graph import minibatches
+
         if cfg.batch_size is not None:
             return minibatches(self.data, model, cfg, teacher, generator, with_graph)
         batch = self.data.full_batch(teacher, with_graph)
@@ -174,6 +185,8 @@ class GraphBackend:
         return self.data.evaluate(model, self.eval_batch)
 
     def inference(self, teacher: nn.Module, student: nn.Module, seed: int) -> dict[str, Any]:
+        from dglkd.engine.graph import inference_ms, inference_targets
+
         targets = inference_targets(self.data, INFERENCE_TARGETS, seed)
         teacher_ms = inference_ms(teacher, self.data, targets)
         student_ms = inference_ms(student, self.data, targets)

@@ -9,18 +9,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from dglkd import deps
 from dglkd.config import device_problem
 from dglkd.errors import DglkdError
 
 
 def seed_everything(seed: int) -> None:
-    """Seed random, numpy, torch and dgl."""
-    import dgl
-
+    """Seed random, numpy, torch and dgl (where DGL is installed: image runs need none)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    dgl.seed(seed)
+    dgl = deps.optional_dgl()
+    if dgl is not None:
+        dgl.seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,10 +50,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:
-    import dgl
-
+    dgl = deps.optional_dgl()
     versions = {"python": sys.version.split()[0], "torch": torch.__version__,
-                "dgl": dgl.__version__, "numpy": np.__version__}
+                "dgl": dgl.__version__ if dgl is not None else None,
+                "numpy": np.__version__}
     for name in ("ogb", "pydantic", "sklearn"):
         try:
             versions[name] = __import__(name).__version__

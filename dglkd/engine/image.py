@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig
 from dglkd.data.images import iterate_minibatches
-from dglkd.data.task import ImageTask, accuracy
-from dglkd.engine.graph import SPLITS
+from dglkd.data.task import SPLITS, ImageTask, accuracy
 from dglkd.engine.step import Batch, median_ms
 from dglkd.engine.tasks import load_task
 from dglkd.errors import DglkdError
