@@ -24,8 +24,8 @@ from dglkd.graphs import dense_knn_index, knn_instance_graph, union_edges, union
 from dglkd.methods.base import (
     DistillBatch,
     DistillMethod,
-    MethodParams,
     MethodContext,
+    MethodParams,
     register_method,
     require_graph,
 )
