@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 import pydantic
 import yaml
 
+from dglkd import deps
 from dglkd.errors import DglkdError, describe_validation_error
 from dglkd.graphs.propagation import CorrectSmoothParams
 from dglkd.methods.recipe import TermSpec, check_recipe, recipe_spec
@@ -276,6 +277,8 @@ def _check_data(config: Config) -> None:
     for key in sorted(config.data.model_fields_set - allowed):
         raise DglkdError(f"data.{key}: does not apply to dataset {config.data.name!r}; "
                          f"its keys: {', '.join(sorted(allowed))}")
+    if not config.data.is_image:  # refused at load, before a run folder exists
+        deps.dgl(f"data.name {config.data.name!r} (a graph dataset)")
 
 
 def _check_refine(config: Config) -> None:

@@ -176,6 +176,18 @@ def test_dense_and_dgl_paths_agree():
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-5)
 
 
+def test_dense_and_dgl_paths_start_from_the_same_weights():
+    # The dense path holds TAGConv's parameters without DGL (issue 26): from one seed both
+    # backends build the same state dict, so a config gives the same run on either.
+    states = []
+    for backend in ("dense", "dgl"):
+        torch.manual_seed(11)
+        states.append(memory_hkd(graph_backend=backend, encoder_hops=2).state_dict())
+    assert list(states[0]) == list(states[1])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
 @pytest.mark.parametrize("encoder", ["graphconv", "sage", "gat"])
 def test_other_encoders_run_through_dgl(encoder):
     method = memory_hkd(encoder=encoder, encoder_heads=2)

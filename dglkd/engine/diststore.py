@@ -20,17 +20,19 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import dgl
 import numpy as np
 import torch
 from torch import Tensor
 
+from dglkd import deps
 from dglkd.config import Config
 from dglkd.engine.parallel import MACHINE_ENV, world
 from dglkd.engine.partition import read_meta
 from dglkd.engine.stores import Sampled, node_batches, sampler
 from dglkd.errors import DglkdError
 from dglkd.models.gnn import OUT_DEGREES
+
+dgl = deps.dgl("DistDGL (data.name dist)")
 
 
 def dist_mode() -> str:

@@ -10,18 +10,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from dglkd import deps
 from dglkd.config import device_problem
 from dglkd.errors import DglkdError
 
 
 def seed_everything(seed: int) -> None:
-    """Seed random, numpy, torch and dgl."""
-    import dgl
-
+    """Seed random, numpy, torch and dgl (where DGL is installed: image runs need none)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    dgl.seed(seed)
+    dgl = deps.optional_dgl()
+    if dgl is not None:
+        dgl.seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

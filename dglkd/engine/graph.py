@@ -23,11 +23,11 @@ import math
 import sys
 from typing import Any, Callable, Iterator
 
-import dgl
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dglkd import deps
 from dglkd.config import Config, ModelConfig, TrainConfig
 from dglkd.data.task import SPLITS, accuracy
 from dglkd.engine.cache import TeacherArtifact
@@ -45,6 +45,8 @@ from dglkd.methods.context import frozen_knowledge
 from dglkd.models import build_model
 from dglkd.models.contract import NodeModel, node_model
 from dglkd.progress import progress
+
+dgl = deps.dgl("the graph engine")
 
 # Nodes whose exact logits fingerprint a model (the cache check, the soft-label check)
 # and on whose subgraph a method's feature shapes are probed.

@@ -13,18 +13,20 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-import dgl
 import torch
 from torch import Tensor, nn
 
-from dglkd.engine.knowledge import read_rows
+from dglkd import deps
+from dglkd.engine.knowledge import RowTable, read_rows
 from dglkd.engine.step import median_ms
-from dglkd.engine.stores import GraphStore, MemoryStore, RowTable, all_blocks
+from dglkd.engine.stores import GraphStore, MemoryStore, all_blocks
 from dglkd.errors import DglkdError
 from dglkd.methods import Knowledge, capture
 from dglkd.models.contract import NodeModel, node_model
 from dglkd.models.tap import FeatureTap
 from dglkd.progress import progress as progress_bar
+
+dgl = deps.dgl("layer-wise inference of a node model")
 
 
 @contextmanager

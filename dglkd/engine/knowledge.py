@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from dglkd.engine.stores import RowTable
 from dglkd.methods import Knowledge
+
+# A per-node table: anything indexable by node ids for reading and writing (a tensor, the
+# tensor view of a memory-mapped soft-label file, a DistTensor).
+RowTable = Any
 
 # Rows read at a time when a whole table is read (memory-mapped files, DistTensors).
 CHUNK = 1 << 18
@@ -68,4 +72,4 @@ class TeacherKnowledge:
         return dataclasses.replace(self, logits=logits)
 
 
-__all__ = ["TeacherKnowledge", "read_rows"]
+__all__ = ["RowTable", "TeacherKnowledge", "read_rows"]

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dglkd import deps
 from dglkd.errors import DglkdError
 
 # Set by ``dglkd launch --local`` when several ip_config lines share this host: the
@@ -230,8 +231,7 @@ def node_loader(graph: Any, seeds: torch.Tensor, sampler: Any, batch_size: int,
     every rank, hence disjoint slices drawn from the whole set. The per-epoch shuffle after
     that uses numpy's global generator (seed it, e.g. with ``seed_everything``).
     """
-    import dgl
-
+    dgl = deps.dgl("sampled mini-batches (dgl.dataloading)")
     use_ddp = world().world_size > 1
     seeds = torch.as_tensor(seeds).to(graph.device)  # DGL wants seeds where the graph is
     if use_ddp and shuffle:

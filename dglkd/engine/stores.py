@@ -19,14 +19,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
-import dgl
 import torch
 from torch import Tensor
 
+from dglkd import deps
+from dglkd.engine.knowledge import RowTable
 from dglkd.engine.parallel import barrier, node_loader, world
 from dglkd.models.gnn import OUT_DEGREES, attach_out_degrees
 
-RowTable = Any
+dgl = deps.dgl("sampling a graph (dgl.dataloading)")
 
 # DGL's DataLoader advises CPU affinity on every CPU loader it makes (a DGLWarning per
 # evaluation or latency measurement); dglkd's loaders run in the training process, where
@@ -175,5 +176,5 @@ class MemoryStore:
         barrier()
 
 
-__all__ = ["GraphStore", "MemoryStore", "RowTable", "Sampled",
+__all__ = ["GraphStore", "MemoryStore", "Sampled",
            "all_blocks", "node_batches", "sampler"]

@@ -10,6 +10,9 @@ out-degrees, so call :func:`attach_out_degrees` on the graph before sampling it.
 ignores the graph (None, a graph or blocks), so it can run on the features of any set of
 nodes alone.
 
+DGL is imported when a GNN is built (:mod:`dglkd.deps`): the MLP, :class:`LayerStack` and
+the registry entries need torch alone, and building a GNN without DGL is a one-line error.
+
 Layers live in ``self.layers`` (``layers.0`` … ``layers.{L-1}``), so a hidden layer's
 pre-activation output can be captured by that path (in block mode: the rows of that
 block's destination nodes); ``feature_aliases`` names ``hidden`` (the last hidden layer)
@@ -20,21 +23,24 @@ at a time over every node of a large graph (:mod:`dglkd.engine.inference`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
-import dgl
-import dgl.nn as dglnn
 import torch
 from torch import Tensor, nn
 
+from dglkd import deps
 from dglkd.errors import DglkdError, quoted
 from dglkd.models.registry import (MODELS, Aggregator, Depth, Heads, Norm, Rate, Slope,
                                    Width)
 from dglkd.resources import TRAINING_BYTES_PER_PARAMETER, check_fits
 
+if TYPE_CHECKING:
+    import dgl
+
 # What a model's ``graph`` argument may be: a whole graph, one block per layer, or None
 # (the MLP only).
-GraphInput = Union[dgl.DGLGraph, Sequence[dgl.DGLGraph], None]
+GraphInput = Union["dgl.DGLGraph", Sequence["dgl.DGLGraph"], None]
 
 # The node field holding the whole graph's out-degrees, carried into every sampled block.
 OUT_DEGREES = "_out_degree"
@@ -201,6 +207,11 @@ def _widths(in_dim: int, hidden: int, num_classes: int, layers: int, heads: int 
     return widths
 
 
+def _dgl_nn(model: str) -> ModuleType:
+    """``dgl.nn``, or the one-line error naming the model that needs it."""
+    return deps.dgl(f"model {model!r} (a dgl.nn GNN)").nn
+
+
 @MODELS.register("mlp")
 def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth = 2,
         dropout: Rate = 0.0, norm: Norm = "none", input_dropout: Rate = 0.0) -> nn.Module:
@@ -213,6 +224,8 @@ def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth =
 def gcn(num_classes: int, in_features: int, hidden: Width = 64, layers: Depth = 2,
         dropout: Rate = 0.5, norm: Norm = "none") -> nn.Module:
     """Kipf & Welling, ICLR 2017 (``dgl.nn.GraphConv``, symmetric normalisation)."""
+    dglnn = _dgl_nn("gcn")
+
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.GraphConv(a, b, norm="both", allow_zero_in_degree=True)
 
@@ -224,6 +237,8 @@ def gcn(num_classes: int, in_features: int, hidden: Width = 64, layers: Depth = 
 def sage(num_classes: int, in_features: int, hidden: Width = 128, layers: Depth = 2,
          dropout: Rate = 0.5, norm: Norm = "none", aggregator: Aggregator = "mean") -> nn.Module:
     """Hamilton et al., NeurIPS 2017 (``dgl.nn.SAGEConv``); GLNN's teacher."""
+    dglnn = _dgl_nn("sage")
+
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.SAGEConv(a, b, aggregator)
 
@@ -235,6 +250,8 @@ def gat(num_classes: int, in_features: int, hidden: Width = 8, layers: Depth = 2
         dropout: Rate = 0.6, norm: Norm = "none", heads: Heads = 8, out_heads: Heads = 1,
         attn_dropout: Rate = 0.6, negative_slope: Slope = 0.2) -> nn.Module:
     """Veličković et al., ICLR 2018 (``dgl.nn.GATConv``); ``hidden`` is the width per head."""
+    dglnn = _dgl_nn("gat")
+
     def make_conv(a: int, b: int, last: bool) -> nn.Module:
         return dglnn.GATConv(a, b, out_heads if last else heads, attn_drop=attn_dropout,
                              negative_slope=negative_slope, allow_zero_in_degree=True)
