@@ -101,11 +101,12 @@ objective = dglkd.compose(ce=1.0, kd=1.0, hkd={"embed_dim": 16, "negatives": "ba
                                "teacher_feature": "pool", "k": 4},
                           context=context)
 optimizer = torch.optim.Adam([*student.parameters(), *objective.parameters()], 1e-2)
+student_names, teacher_names = objective.required_features()  # hkd: hidden, lsp: pool
 losses = []
 for images, labels, index in iterate_minibatches(task, "train", 32, shuffle=True):
     with torch.no_grad():
-        knowledge = dglkd.capture(teacher, ["pool"], images)
-    terms = objective(dglkd.capture(student.train(), ["pool"], images), knowledge,
+        knowledge = dglkd.capture(teacher, teacher_names, images)
+    terms = objective(dglkd.capture(student.train(), student_names, images), knowledge,
                       labels=labels, index=index)
     optimizer.zero_grad()
     sum(terms.values()).backward()
@@ -284,7 +285,7 @@ try:
 except DglkdError as exc:
     errors["cora"] = str(exc)
 try:
-    shapes = {"pool": (4,)}
+    shapes = {"hidden": (4,)}
     dglkd.compose(ce=1.0, hkd={"graph_backend": "dgl", "negatives": "batch"},
                   context=dglkd.MethodContext(3, student_shapes=shapes, teacher_shapes=shapes))
 except DglkdError as exc:

@@ -51,10 +51,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:
-    """What a run folder records of the machine: versions (read from the installed
-    packages' metadata, so nothing is imported for it), device, seeds, threads."""
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for name in ("dgl", "numpy", "ogb", "pydantic", "scikit-learn"):
+    """What a run folder records of the machine: versions (DGL's where it loads, the
+    others read from the installed packages' metadata, so nothing is imported for them),
+    device, seeds, threads."""
+    dgl = deps.optional_dgl()  # already loaded to seed its generator, where it loads
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__,
+                "dgl": dgl.__version__ if dgl is not None else None}
+    for name in ("numpy", "ogb", "pydantic", "scikit-learn"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
