@@ -72,10 +72,11 @@ def layerwise(model: NodeModel, store: GraphStore, batch_size: int,
               progress: bool = False) -> dict[str, RowTable]:
     """Every node's ``logits`` and the named hidden features (each a layer output, as
     ``FeatureTap`` records it, one flattened row per node), as row tables: CPU tensors,
-    or with ``shared`` the store's shared tables (each process computing its share)."""
+    or with ``shared`` the store's shared tables, each process computing the rows of its
+    ``own_nodes`` (local writes: see DistStore.own_nodes)."""
     layer_of = feature_layers(model, names)
     tables: dict[str, RowTable] = {}
-    every = torch.arange(store.num_nodes)
+    nodes = store.own_nodes() if shared else torch.arange(store.num_nodes)
     stages = _stages(model)
     source: RowTable = None
 
@@ -89,8 +90,8 @@ def layerwise(model: NodeModel, store: GraphStore, batch_size: int,
     with eval_mode(model), FeatureTap(model, list(layer_of)) as tap:
         for number, stage in enumerate(stages):
             out_name = "logits" if number == len(stages) - 1 else f"layer{stage[-1]}"
-            batches = store.loader(every, [-1] if model.uses_graph else None, batch_size,
-                                   per_rank=shared, features=False,
+            batches = store.loader(nodes, [-1] if model.uses_graph else None, batch_size,
+                                   per_rank=False, features=False,
                                    degrees=model.source_degree_norm)
             desc = f"inference layer {number + 1}/{len(stages)}"
             for batch in progress_bar(batches, progress, desc):

@@ -83,6 +83,11 @@ class GraphStore(Protocol):
         """An empty (num_nodes, width) float32 table to write rows into."""
         ...
 
+    def own_nodes(self) -> Tensor:
+        """The nodes whose rows this process writes into shared tables (every node where
+        tables are its own)."""
+        ...
+
     def barrier(self) -> None:
         """Wait until every process sharing the store gets here."""
         ...
@@ -171,6 +176,9 @@ class MemoryStore:
 
     def new_rows(self, name: str, width: int) -> Tensor:
         return torch.empty(self.num_nodes, width)
+
+    def own_nodes(self) -> Tensor:
+        return torch.arange(self.num_nodes)
 
     def barrier(self) -> None:
         barrier()
