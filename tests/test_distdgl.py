@@ -129,6 +129,93 @@ def test_partition_launch_distill_cora(two_parts, tmp_path):
     assert results["student"]["test_acc"] >= 0.69, results["student"]
 
 
+HANDOFF_CALLS = 20
+
+
+def handoff_trainer(part_config: str, ip_config: str, out: str) -> None:
+    """A trainer of the hand-off test (run by ``dglkd launch``): write the soft labels of
+    ``HANDOFF_CALLS`` differently initialised SAGE teachers through the engine, and after
+    each compare every row, read back on this trainer, with the teacher's logits from one
+    full-graph pass over the DistGraph's edges in this process. ``out/handoff<rank>.json``
+    gets the mismatching rows of each call, and how many rows this trainer computes and
+    how many of them lie in another machine's partition."""
+    import dgl
+    import torch
+
+    from dglkd.config import config_from_dict
+    from dglkd.engine import distgraph, parallel
+    from dglkd.methods.recipe import build_recipe, recipe_spec
+
+    config = config_from_dict({
+        "name": "handoff", "device": "cpu", "log": {"progress": False, "tensorboard": False},
+        "data": {"name": "dist", "part_config": part_config, "ip_config": ip_config},
+        "teacher": {"model": "sage", "hidden": 16, "layers": 2},
+        "student": {"model": "mlp", "hidden": 16, "layers": 2},
+        "teacher_train": {"batch_size": 64}, "train": {"batch_size": 64},
+        "method": {"name": "glnn"}})
+
+    def body() -> int:
+        distgraph.initialize(config)
+        parallel.setup_from_env("cpu")
+        backend = distgraph.DistGraphBackend(config, torch.device("cpu"), lambda _m: None)
+        backend.load(0)
+        nodes = torch.arange(backend.num_nodes)
+        src, dst = backend.graph.find_edges(torch.arange(backend.graph.num_edges()))
+        whole = dgl.graph((src, dst), num_nodes=backend.num_nodes)
+        feat = backend.graph.ndata["feat"][nodes]
+        student = backend.new_model(config.student, "student")
+        mismatches = []
+        for call in range(HANDOFF_CALLS):
+            torch.manual_seed(call)
+            teacher = backend.new_model(config.teacher, "teacher").eval()
+            objective = build_recipe(recipe_spec(config.method.raw()),
+                                     backend.method_context(student, teacher))
+            stored = backend.teacher_knowledge(teacher, objective).logits[nodes]
+            with torch.no_grad():
+                exact = teacher(whole, feat)
+            mismatches.append(int((~torch.isclose(stored, exact, atol=1e-4)).any(1).sum()))
+            backend.graph.barrier()  # every trainer has read before the next call writes
+        book = backend.graph.get_partition_book()
+        written = backend.partition_ids
+        foreign = int((book.nid2partid(written) != book.partid).sum())
+        Path(out, f"handoff{parallel.world().rank}.json").write_text(json.dumps(
+            {"mismatches": mismatches, "written": len(written), "foreign": foreign}))
+        parallel.barrier()
+        parallel.teardown()
+        return 0
+
+    distgraph.run_trainer(body)
+
+
+def test_every_soft_label_row_arrives(two_parts, tmp_path):
+    """The teacher's soft labels written by both trainers into the shared DistTensor are,
+    on both trainers right after the hand-off, the teacher's exact logits of every node,
+    call after call. A row pushed to the other machine's server may land after the
+    barrier: before each trainer wrote its own partition's rows only (force_even shares
+    gave one trainer 29-39 rows of the other's partition), 3 of 5 runs of this test saw
+    those rows stale on the other trainer, or rows computed from them wrong, in 1 to 5 of
+    the calls."""
+    ip_config = _ip_config(tmp_path)
+    program = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+               "from test_distdgl import handoff_trainer; handoff_trainer(*sys.argv[1:])")
+    argv = [*DGLKD, "launch", "--local", "--ip-config", str(ip_config), "--part-config",
+            str(two_parts), "--num-servers", "1", "--num-trainers", "1", "--",
+            sys.executable, "-c", program, str(two_parts), str(ip_config), str(tmp_path)]
+    try:
+        done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=240)
+    finally:
+        left = _left_behind(str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not left, [p.pid for p in left]
+    trainers = [json.loads((tmp_path / f"handoff{rank}.json").read_text()) for rank in (0, 1)]
+    # Each trainer writes rows of its own partition only, and together every node's.
+    assert [t["foreign"] for t in trainers] == [0, 0], trainers
+    assert sum(t["written"] for t in trainers) == 2708, trainers
+    mismatches = [t["mismatches"] for t in trainers]
+    assert [len(calls) for calls in mismatches] == [HANDOFF_CALLS] * 2
+    assert not any(map(any, mismatches)), f"rows differing per call, per trainer: {mismatches}"
+
+
 def test_standalone_one_partition(one_part, tmp_path):
     config = _config(tmp_path, one_part, None, 3, 3)
     done = _standalone(config, tmp_path / "runs")
