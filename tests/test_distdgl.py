@@ -22,6 +22,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DGLBACKEND": "pytorch", "OUTDATED_IGNORE": "1", "PYTHONPATH": str(REPO)}
 DGLKD = [sys.executable, "-m", "dglkd"]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from dist_vs_local import one_machine_student  # noqa: E402 - the benchmark's paired arm
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="DistDGL runs on Linux")
 
@@ -124,9 +126,16 @@ def test_partition_launch_distill_cora(two_parts, tmp_path):
     assert not left, [p.pid for p in left]
     results = json.loads(next((tmp_path / "runs").glob("cora_dist-*/results.json")).read_text())
     assert results["teacher"]["test_acc"] >= 0.78, results["teacher"]
-    # DistDGL's sampling and batch order differ run to run: the MLP student measured
-    # 0.725-0.77; an MLP on labels alone reaches about 0.59 on Cora.
-    assert results["student"]["test_acc"] >= 0.69, results["student"]
+    # The distilled MLP follows how sharp its teacher's soft labels are, i.e. the epoch the
+    # best-validation rule took the teacher from: one machine alone gave 66.4 and 78.1 on
+    # the same seed and command (issue 23; benchmarks/dist_vs_local.py). So it is held to
+    # one machine's student phase distilled from this run's own teacher: over 25 seeds
+    # (fan-outs [10, 10]) they differed by -0.3 +- 0.7 points, -1.6 to +1.0.
+    recipe = {**yaml.safe_load(config.read_text()), "data": {"name": "cora"}}
+    teacher = next((tmp_path / "runs").glob("cora_dist-*/models/teacher_seed0.pt"))
+    one_machine = one_machine_student(recipe, str(teacher), tmp_path / "one_machine")
+    assert abs(results["student"]["test_acc"] - one_machine) <= 0.025, \
+        (results["student"], one_machine)
 
 
 HANDOFF_CALLS = 20
