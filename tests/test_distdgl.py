@@ -23,6 +23,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DGLBACKEND": "pytorch", "OUTDATED_IGNORE": "1", "PYTHONPATH": str(REPO)}
 DGLKD = [sys.executable, "-m", "dglkd"]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from dist_vs_local import one_machine_student  # noqa: E402 - the benchmark's paired arm
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="DistDGL runs on Linux")
 
@@ -121,7 +123,7 @@ def test_partition_launch_distill_cora_as_the_readme_writes_it(two_parts, tmp_pa
     assert meta["num_parts"] == 2 and meta["num_hops"] == 2 and meta["num_classes"] == 7
     shutil.copytree(two_parts.parent, tmp_path / "parts")
     _ip_config(tmp_path)
-    _config(tmp_path, Path("parts") / two_parts.name, Path("ip_config.txt"), 30, 80)
+    config = _config(tmp_path, Path("parts") / two_parts.name, Path("ip_config.txt"), 30, 80)
     argv = [*DGLKD, "launch", "--local", "--ip-config", "ip_config.txt", "--part-config",
             f"parts/{two_parts.name}", "--num-servers", "1", "--num-trainers", "1", "--",
             "dglkd", "distill", "dist.yaml", "--out", "runs"]
@@ -134,9 +136,102 @@ def test_partition_launch_distill_cora_as_the_readme_writes_it(two_parts, tmp_pa
     assert not left, [p.pid for p in left]
     results = json.loads(next((tmp_path / "runs").glob("cora_dist-*/results.json")).read_text())
     assert results["teacher"]["test_acc"] >= 0.78, results["teacher"]
-    # DistDGL's sampling and batch order differ run to run: the MLP student measured
-    # 0.725-0.77; an MLP on labels alone reaches about 0.59 on Cora.
-    assert results["student"]["test_acc"] >= 0.69, results["student"]
+    # The distilled MLP follows how sharp its teacher's soft labels are, i.e. the epoch the
+    # best-validation rule took the teacher from: one machine alone gave 66.4 and 78.1 on
+    # the same seed and command (issue 23; benchmarks/dist_vs_local.py). So it is held to
+    # one machine's student phase distilled from this run's own teacher: over 25 seeds
+    # (fan-outs [10, 10]) they differed by -0.3 +- 0.7 points, -1.6 to +1.0.
+    recipe = {**yaml.safe_load(config.read_text()), "data": {"name": "cora"}}
+    teacher = next((tmp_path / "runs").glob("cora_dist-*/models/teacher_seed0.pt"))
+    one_machine = one_machine_student(recipe, str(teacher), tmp_path / "one_machine")
+    assert abs(results["student"]["test_acc"] - one_machine) <= 0.025, \
+        (results["student"], one_machine)
+
+
+HANDOFF_CALLS = 20
+
+
+def handoff_trainer(part_config: str, ip_config: str, out: str) -> None:
+    """A trainer of the hand-off test (run by ``dglkd launch``): write the soft labels of
+    ``HANDOFF_CALLS`` differently initialised SAGE teachers through the engine, and after
+    each compare every row, read back on this trainer, with the teacher's logits from one
+    full-graph pass over the DistGraph's edges in this process. ``out/handoff<rank>.json``
+    gets the mismatching rows of each call, and how many rows this trainer computes and
+    how many of them lie in another machine's partition."""
+    import torch
+
+    from dglkd import deps
+    from dglkd.config import config_from_dict
+    from dglkd.engine import diststore, parallel
+    from dglkd.engine.graph import GraphBackend
+
+    dgl = deps.dgl("the hand-off test")
+    config = config_from_dict({
+        "name": "handoff", "device": "cpu", "log": {"progress": False, "tensorboard": False},
+        "data": {"name": "dist", "part_config": part_config, "ip_config": ip_config},
+        "teacher": {"model": "sage", "hidden": 16, "layers": 2},
+        "student": {"model": "mlp", "hidden": 16, "layers": 2},
+        "teacher_train": {"batch_size": 64}, "train": {"batch_size": 64},
+        "method": {"name": "glnn"}})
+
+    def body() -> int:
+        diststore.initialize(config)
+        parallel.setup_from_env("cpu")
+        backend = GraphBackend(config, torch.device("cpu"), lambda _m: None)
+        backend.load(0)
+        store = backend.train
+        nodes = torch.arange(store.num_nodes)
+        src, dst = store.graph.find_edges(torch.arange(store.graph.num_edges()))
+        whole = dgl.graph((src, dst), num_nodes=store.num_nodes)
+        feat = store.gather("feat")
+        mismatches = []
+        for call in range(HANDOFF_CALLS):
+            torch.manual_seed(call)
+            teacher = backend.new_model(config.teacher, "teacher").eval()
+            stored = backend.knowledge(teacher, [], None).logits[nodes]
+            with torch.no_grad():
+                exact = teacher(whole, feat)
+            mismatches.append(int((~torch.isclose(stored, exact, atol=1e-4)).any(1).sum()))
+            store.barrier()  # every trainer has read before the next call writes
+        book = store.graph.get_partition_book()
+        written = store.own_nodes()
+        foreign = int((book.nid2partid(written) != book.partid).sum())
+        Path(out, f"handoff{parallel.world().rank}.json").write_text(json.dumps(
+            {"mismatches": mismatches, "written": len(written), "foreign": foreign}))
+        parallel.barrier()
+        parallel.teardown()
+        return 0
+
+    diststore.run_trainer(body)
+
+
+def test_every_soft_label_row_arrives(two_parts, tmp_path):
+    """The teacher's soft labels written by both trainers into the shared DistTensor are,
+    on both trainers right after the hand-off, the teacher's exact logits of every node,
+    call after call. A row pushed to the other machine's server may land after the
+    barrier: before each trainer wrote its own partition's rows only (force_even shares
+    gave one trainer 29-39 rows of the other's partition), 3 of 5 runs of this test saw
+    those rows stale on the other trainer, or rows computed from them wrong, in 1 to 5 of
+    the calls."""
+    ip_config = _ip_config(tmp_path)
+    program = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+               "from test_distdgl import handoff_trainer; handoff_trainer(*sys.argv[1:])")
+    argv = [*DGLKD, "launch", "--local", "--ip-config", str(ip_config), "--part-config",
+            str(two_parts), "--num-servers", "1", "--num-trainers", "1", "--",
+            sys.executable, "-c", program, str(two_parts), str(ip_config), str(tmp_path)]
+    try:
+        done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=240)
+    finally:
+        left = _left_behind(str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not left, [p.pid for p in left]
+    trainers = [json.loads((tmp_path / f"handoff{rank}.json").read_text()) for rank in (0, 1)]
+    # Each trainer writes rows of its own partition only, and together every node's.
+    assert [t["foreign"] for t in trainers] == [0, 0], trainers
+    assert sum(t["written"] for t in trainers) == 2708, trainers
+    mismatches = [t["mismatches"] for t in trainers]
+    assert [len(calls) for calls in mismatches] == [HANDOFF_CALLS] * 2
+    assert not any(map(any, mismatches)), f"rows differing per call, per trainer: {mismatches}"
 
 
 def test_standalone_one_partition(one_part, tmp_path):
