@@ -1,9 +1,10 @@
 # make demo: set up .venv (from requirements.lock) and distill a GCN into an MLP on bundled Cora
 # make test: set up .venv and run the test suite
+# make test-nodgl: the no-DGL tests in a venv of their own with torch 2.13 (CPU) and no DGL
 PY := .venv/bin/python
 export DGLBACKEND := pytorch
 
-.PHONY: venv demo test bench
+.PHONY: venv demo test test-nodgl bench
 
 venv:
 	bash scripts/setup_venv.sh
@@ -13,6 +14,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-nodgl:
+	bash scripts/test_without_dgl.sh
 
 bench: venv
 	$(PY) benchmarks/bench_arxiv_scale.py

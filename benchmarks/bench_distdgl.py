@@ -7,7 +7,7 @@ nodes, 128 features, 40 classes) and a SAGE 2×256 teacher trained on labels, mi
 * ``single``: one process, dglkd's single-machine mini-batch path (``GraphBackend``).
 * ``dist``: the graph in ``--parts`` partitions (``dglkd partition``), served and trained by
   ``dglkd launch --local`` (1 server + 1 trainer per partition, DDP over the trainers),
-  through ``DistGraphBackend``.
+  through the same ``GraphBackend`` over DistDGL's store.
 
 Each trainer times ``--batches`` steps of its share of an epoch (the global batch is split
 over the trainers, as the engine does): time spent waiting for the next batch (sampling,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -83,14 +84,20 @@ def _time_steps(backend, config, batches: int) -> dict:
     return {"steps": steps, "sampling_s": sampling, "compute_s": compute}
 
 
+def _epoch_steps(backend, batch_size: int, shares: int) -> int:
+    """Steps of one trainer's share of a teacher epoch (its labelled nodes)."""
+    labelled = int(backend.train.gather("train_mask").sum())
+    return math.ceil(math.ceil(labelled / shares) / math.ceil(batch_size / shares))
+
+
 def role_single(args: argparse.Namespace) -> None:
     from dglkd.config import config_from_dict
-    from dglkd.engine.backends import GraphBackend
+    from dglkd.engine.graph import GraphBackend
 
     config = config_from_dict(_config(args, {"name": "synthetic"}))
     backend = GraphBackend(config, __import__("torch").device("cpu"), lambda _m: None)
     backend.load(0)
-    per_epoch = -(-int(backend.data.train_mask.sum()) // args.batch_size)
+    per_epoch = _epoch_steps(backend, args.batch_size, 1)
     timed = _time_steps(backend, config, args.batches)
     print(json.dumps({"role": "single", "epoch_steps": per_epoch, **timed,
                       "peak_rss_mb": _peak_mb()}), flush=True)
@@ -98,19 +105,18 @@ def role_single(args: argparse.Namespace) -> None:
 
 def role_trainer(args: argparse.Namespace) -> None:
     from dglkd.config import config_from_dict
-    from dglkd.engine import distgraph, parallel
+    from dglkd.engine import diststore, parallel
+    from dglkd.engine.graph import GraphBackend
 
     config = config_from_dict(_config(args, {"name": "dist", "part_config": args.part_config,
                                              "ip_config": args.ip_config}))
 
     def body() -> int:
-        distgraph.initialize(config)  # servers serve here and exit
+        diststore.initialize(config)  # servers serve here and exit
         parallel.setup_from_env("cpu")
-        backend = distgraph.DistGraphBackend(config, __import__("torch").device("cpu"),
-                                             lambda _m: None)
+        backend = GraphBackend(config, __import__("torch").device("cpu"), lambda _m: None)
         backend.load(0)
-        shares = parallel.world().world_size
-        per_epoch = -(-len(backend.train_ids) // -(-args.batch_size // shares))
+        per_epoch = _epoch_steps(backend, args.batch_size, parallel.world().world_size)
         timed = _time_steps(backend, config, args.batches)
         record = {"role": f"trainer {parallel.world().rank}", "epoch_steps": per_epoch,
                   **timed, "peak_rss_mb": _peak_mb()}
@@ -120,7 +126,7 @@ def role_trainer(args: argparse.Namespace) -> None:
         parallel.teardown()
         return 0
 
-    distgraph.run_trainer(body)
+    diststore.run_trainer(body)
 
 
 def _watch_servers(stop: threading.Event, peaks: dict) -> None:
@@ -159,7 +165,8 @@ def main() -> None:
 
     from dglkd.config import config_from_dict
     from dglkd.engine.partition import partition
-    from dglkd.engine.dist_launch import launch_local
+    from dglkd.processes.distdgl import launch_local
+    from dglkd.processes.supervisor import free_port
 
     common = ["--batches", str(args.batches), "--batch-size", str(args.batch_size),
               "--fanouts", *map(str, args.fanouts)]
@@ -172,8 +179,6 @@ def main() -> None:
                                 args.parts, Path(tmp) / "parts", say=lambda _m: None)
         partition_s = time.perf_counter() - start
         ip_config = Path(tmp) / "ip_config.txt"
-        from dglkd.engine.parallel import free_port
-
         ip_config.write_text("".join(f"127.0.0.1 {free_port()}\n" for _ in range(args.parts)))
         peaks: dict = {}
         stop = threading.Event()

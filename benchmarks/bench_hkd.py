@@ -33,13 +33,13 @@ from dglkd.models import build_model
 BATCH, CLASSES, IMAGE, INSTANCES, EMBED = 64, 100, (3, 32, 32), 50_000, 128
 
 
-def step_arms(device: torch.device) -> dict:
+def step_arms(device: torch.device, batch: int = BATCH) -> dict:
     """One training-step closure per method, each with its own copy of the student."""
     teacher = build_model("resnet32x4", CLASSES, IMAGE).to(device).eval()
     student = build_model("resnet8x4", CLASSES, IMAGE).to(device)
     bank_labels = torch.randint(CLASSES, (INSTANCES,))
-    images = torch.randn(BATCH, *IMAGE, device=device)
-    index = torch.randperm(INSTANCES)[:BATCH]
+    images = torch.randn(batch, *IMAGE, device=device)
+    index = torch.randperm(INSTANCES)[:batch]
     labels = bank_labels[index].to(device)
     context = image_context(teacher, student, images, instance_labels=bank_labels)
     objectives = {"KD": compose(ce=1.0, kd={"weight": 1.0, "temperature": 4.0},

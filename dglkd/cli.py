@@ -130,7 +130,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _run_dist(args, config)
     _check_nproc(config, args.nproc)
     if args.nproc > 1:
-        parallel.launch(args.nproc, rank_main, (_without_nproc(argv),), device=config.device)
+        from dglkd.processes.ranks import launch
+
+        launch(args.nproc, rank_main, (_without_nproc(argv),), device=config.device)
         return 0
     parallel.setup_from_env(config.device)  # a rank of --nproc or of torchrun
     try:
@@ -151,7 +153,7 @@ def _dist_command(args: argparse.Namespace) -> int:
         print(f"partition config: {path}\nuse it as data: {{name: dist, part_config: {path}, "
               "ip_config: FILE}")
         return 0
-    from dglkd.engine.dist_launch import launch_local
+    from dglkd.processes.distdgl import launch_local
 
     return launch_local(args.remainder, args.ip_config, args.part_config, args.num_servers,
                         args.num_trainers, args.num_samplers, args.graph_format)
@@ -159,14 +161,14 @@ def _dist_command(args: argparse.Namespace) -> int:
 
 def _run_dist(args: argparse.Namespace, config) -> int:
     """One process of a DistDGL run: a server (serves, then exits) or a trainer."""
-    from dglkd.engine import distgraph, parallel
+    from dglkd.engine import diststore, parallel
 
     if args.nproc != 1:
         raise DglkdError("--nproc: dist runs get their trainers from `dglkd launch "
                          "--num-trainers`; drop --nproc")
 
     def body() -> int:
-        distgraph.initialize(config)  # a server never comes back from here
+        diststore.initialize(config)  # a server never comes back from here
         parallel.setup_from_env(config.device)
         try:
             _run_command(args, config)
@@ -174,7 +176,7 @@ def _run_dist(args: argparse.Namespace, config) -> int:
             parallel.teardown()
         return 0
 
-    return distgraph.run_trainer(body)
+    return diststore.run_trainer(body)
 
 
 def _run_command(args: argparse.Namespace, config) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 import pydantic
 import yaml
 
+from dglkd import deps
 from dglkd.errors import DglkdError, describe_validation_error
 from dglkd.graphs.propagation import CorrectSmoothParams
 from dglkd.methods.recipe import TermSpec, check_recipe, recipe_spec
@@ -126,6 +127,9 @@ class TrainConfig(Strict):
     num_workers: int = pydantic.Field(0, ge=0, le=64)
     eval_batch_size: int = pydantic.Field(4096, ge=1, le=1 << 30)
     checkpoint_every: int = pydantic.Field(10, ge=1, le=100_000)
+    # Early stopping: end the phase after this many epochs without a better validation
+    # score, keeping the best epoch's model (GLNN's code uses 50); absent: every epoch.
+    patience: Optional[int] = pydantic.Field(None, ge=1, le=100_000)
 
     @pydantic.field_validator("fanouts")
     @classmethod
@@ -273,6 +277,8 @@ def _check_data(config: Config) -> None:
     for key in sorted(config.data.model_fields_set - allowed):
         raise DglkdError(f"data.{key}: does not apply to dataset {config.data.name!r}; "
                          f"its keys: {', '.join(sorted(allowed))}")
+    if not config.data.is_image:  # refused at load, before a run folder exists
+        deps.dgl(f"data.name {config.data.name!r} (a graph dataset)")
 
 
 def _check_refine(config: Config) -> None:

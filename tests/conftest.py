@@ -56,6 +56,20 @@ def small_cora_config(planetoid_root: str, teacher_cache: str) -> dict:
     }
 
 
+def cora_backend(**train: object):
+    """The engine's graph backend on the bundled Cora, loaded for seed 0 (``train``: keys
+    of the config's ``train`` section, e.g. batch_size for a mini-batch config)."""
+    import torch
+    from dglkd.config import config_from_dict
+    from dglkd.engine.graph import GraphBackend
+
+    config = config_from_dict({"data": {"name": "cora"}, "train": train,
+                               "log": {"progress": False}})
+    backend = GraphBackend(config, torch.device("cpu"), say=lambda _message: None)
+    backend.load(0)
+    return backend
+
+
 @pytest.fixture
 def small_cora(planetoid_root, teacher_cache) -> dict:
     return small_cora_config(planetoid_root, teacher_cache)

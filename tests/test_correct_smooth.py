@@ -102,17 +102,16 @@ def test_students_learn_from_the_refined_predictions(small_cora, tmp_path, batch
     experiment = Experiment.create(config_from_dict(small_cora), tmp_path / "runs",
                                    say=lambda _m: None)
     experiment.backend.load(0)
-    teacher, _ = experiment.teacher(0)
+    trained = experiment.teacher(0)
     student = experiment.backend.new_model(experiment.config.student, "student")
-    objective = experiment.objective({"terms": {"glnn": 1.0}}, "method", student, teacher)
-    knowledge = experiment.backend.teacher_knowledge(teacher, objective)
-    data = experiment.backend.data
-    every_node = torch.arange(data.train_graph.num_nodes())
-    logits = knowledge.rows(every_node).logits if batch_size else knowledge.logits
+    objective = experiment.objective({"terms": {"glnn": 1.0}}, "method", student, trained)
+    knowledge = experiment.backend.teacher_knowledge(trained.model, objective, trained.artifact)
+    graph, teacher = experiment.backend.train.graph, trained.model
+    logits = knowledge.rows().logits
     with torch.no_grad():
         teacher.eval()
-        raw = teacher(data.train_graph, data.feat).softmax(-1)
-    expected = correct_and_smooth(data.train_graph, raw, data.labels, data.train_mask,
+        raw = teacher(graph, graph.ndata["feat"]).softmax(-1)
+    expected = correct_and_smooth(graph, raw, graph.ndata["label"], graph.ndata["train_mask"],
                                   CorrectSmoothParams(**params))
     assert torch.allclose(logits.softmax(-1), expected, atol=1e-4)
     assert not torch.allclose(expected, raw, atol=1e-2)  # the refinement changed them
@@ -130,10 +129,9 @@ def test_inductive_refined_teacher_is_scored_on_the_hidden_nodes_over_the_whole_
     experiment = Experiment.create(config_from_dict(small_cora), tmp_path / "runs",
                                    say=lambda _m: None)
     experiment.backend.load(0)
-    teacher, _ = experiment.teacher(0)
+    teacher = experiment.teacher(0).model
     scores = experiment.backend.refined_teacher(teacher)
-    data = experiment.backend.data
-    whole, observed = data.eval_graph, data.train_graph
+    whole, observed = experiment.backend.eval.graph, experiment.backend.train.graph
     assert observed.num_nodes() < whole.num_nodes()
     teacher.eval()
     with torch.no_grad():

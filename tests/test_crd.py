@@ -23,7 +23,7 @@ FT = torch.tensor([[0.0, 2.0], [1.0, 1.0], [5.0, -5.0]])
 
 
 def context(n=5, labels=LABELS, dim=2, classes=3, teacher_dim=None):
-    return MethodContext(classes, n, {"pool": (dim,)}, {"pool": (teacher_dim or dim,)},
+    return MethodContext(classes, n, {"hidden": (dim,)}, {"hidden": (teacher_dim or dim,)},
                          instance_labels=labels)
 
 
@@ -50,18 +50,18 @@ def test_defaults_follow_the_authors():
     p = method.params
     assert (p.momentum, p.nce_temperature, p.num_negatives, p.embed_dim) == (0.5, 0.07, 16384, 128)
     assert str(method) == "crd: loss = 1*crd"
-    assert method.required_features() == (["pool"], ["pool"])
+    assert method.required_features() == (["hidden"], ["hidden"])
     # The authors' recipe: β = 0.8 next to CE, no KD (α = 0).
     recipe = build_recipe(recipe_spec({"name": "crd"}), context())
     assert recipe.term_weights() == {"ce": 1.0, "crd": 0.8}
     assert str(recipe) == "ce+crd: loss = 1*ce + 0.8*crd"
-    assert recipe.required_features() == (["pool"], ["pool"])
+    assert recipe.required_features() == (["hidden"], ["hidden"])
 
 
 def test_loss_matches_hand_computation_and_memory_moves_with_momentum():
     method = tiny_crd()
-    terms = method(Knowledge(torch.zeros(3, 3), {"pool": FS}),
-                   Knowledge(torch.zeros(3, 3), {"pool": FT}), index=INDEX)
+    terms = method(Knowledge(torch.zeros(3, 3), {"hidden": FS}),
+                   Knowledge(torch.zeros(3, 3), {"hidden": FT}), index=INDEX)
     zs, zt = F.normalize(FS, dim=1), F.normalize(FT, dim=1)
     student_to_teacher = teacher_to_student = 0.0
     for r, i in enumerate(INDEX.tolist()):
@@ -81,7 +81,7 @@ def test_loss_matches_hand_computation_and_memory_moves_with_momentum():
 
 def test_evaluation_leaves_the_memory_alone():
     method = tiny_crd().eval()
-    method(Knowledge(torch.zeros(3, 3), {"pool": FS}), Knowledge(torch.zeros(3, 3), {"pool": FT}),
+    method(Knowledge(torch.zeros(3, 3), {"hidden": FS}), Knowledge(torch.zeros(3, 3), {"hidden": FT}),
            index=INDEX)
     assert torch.equal(method.bank.teacher, MEMORY["teacher"])
 
@@ -91,7 +91,7 @@ def test_gradients_reach_the_student_and_both_embeds_not_the_teacher():
     recipe = dglkd.compose(ce=1.0, kd=1.0, crd=(1.0, method), context=3)  # "CRD+KD"
     fs, ft = FS.clone().requires_grad_(), FT.clone().requires_grad_()
     logits_t = torch.randn(3, 3, requires_grad=True)
-    terms = recipe(Knowledge(torch.randn(3, 3), {"pool": fs}), Knowledge(logits_t, {"pool": ft}),
+    terms = recipe(Knowledge(torch.randn(3, 3), {"hidden": fs}), Knowledge(logits_t, {"hidden": ft}),
                    labels=LABELS[INDEX], index=INDEX)
     assert set(terms) == {"ce", "kd", "crd"}
     sum(terms.values()).backward()
@@ -104,7 +104,7 @@ def test_gradients_reach_the_student_and_both_embeds_not_the_teacher():
 def test_the_pool_holds_num_negatives_rows_when_the_data_is_larger():
     labels = torch.arange(50) % 5
     method = build_method("crd", context(50, labels, 4, 5), num_negatives=16, embed_dim=8)
-    batch_feats = {"pool": torch.randn(6, 4)}
+    batch_feats = {"hidden": torch.randn(6, 4)}
     batch = DistillBatch(Knowledge(torch.randn(6, 5), batch_feats),
                          Knowledge(torch.randn(6, 5), batch_feats), index=torch.arange(6))
     targets = method.targets(method.view(batch))
@@ -134,8 +134,8 @@ def test_training_lowers_the_crd_loss(negatives, one_thread):
     for _ in range(6):
         for index in torch.randperm(len(x)).split(100):
             no_logits = torch.zeros(len(index), 10)
-            terms = method(Knowledge(no_logits, {"pool": student(x[index])}),
-                           Knowledge(no_logits, {"pool": teacher_feat[index]}),
+            terms = method(Knowledge(no_logits, {"hidden": student(x[index])}),
+                           Knowledge(no_logits, {"hidden": teacher_feat[index]}),
                            labels=y[index], index=index)
             optimizer.zero_grad()
             terms["crd"].backward()

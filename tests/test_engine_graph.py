@@ -256,3 +256,41 @@ def test_compare_rejects_unknown_methods_before_running(cli, write_config, small
                        "--methods", "ce,nope")
     assert code == 2 and "--methods: unknown 'nope'" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_patience_ends_a_phase_after_that_many_epochs_without_a_better_val_score(
+        cli, write_config, small_cora, tmp_path):
+    small_cora["train"].update({"epochs": 300, "patience": 10})
+    small_cora["baseline"] = False
+    code, stdout, err = cli("distill", write_config(small_cora), "--out", tmp_path / "runs")
+    assert code == 0, err
+    run_dir = _run_dirs(tmp_path / "runs")[0]
+    phase = json.loads((run_dir / "phases" / "student_seed0.json").read_text())
+    history, best = phase["history"], phase["best_epoch"]
+    assert len(history) == best + 10 + 1 < 300  # stopped right after its patience ran out
+    assert max(h["val_acc"] for h in history[best + 1:]) <= history[best]["val_acc"]
+    assert phase["best"]["test_acc"] == history[best]["test_acc"]
+    assert f"student_seed0: stopped after epoch {best + 10}" in stdout
+    results = _results(run_dir)
+    assert results["student"]["runs"][0]["epochs_run"] == len(history)
+    # What each phase cost is in the results too.
+    for role in ("teacher", "student"):
+        assert results[role]["wall_s"] > 0 and results[role]["peak_rss_gb"] > 0.1, role
+    assert "Per phase (mean wall time, peak resident memory): teacher" in stdout
+
+
+def test_a_resumed_phase_keeps_counting_its_patience(write_config, small_cora, tmp_path):
+    small_cora["cache_dir"] = str(tmp_path / "cache")
+    small_cora["train"].update({"epochs": 300, "patience": 25, "checkpoint_every": 5})
+    config = write_config(small_cora)
+    killed = _distill_subprocess(config, tmp_path / "killed", kill="student_seed0:14")
+    assert killed.returncode == -9, killed.stderr
+    run_dir = _run_dirs(tmp_path / "killed")[0]
+    resumed = _distill_subprocess(None, tmp_path / "unused", "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = _distill_subprocess(config, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    a, b = (json.loads((d / "phases" / "student_seed0.json").read_text())
+            for d in (run_dir, _run_dirs(tmp_path / "straight")[0]))
+    assert a["history"] == b["history"] and len(a["history"]) < 300
+    assert a["best_epoch"] == b["best_epoch"]

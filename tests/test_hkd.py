@@ -30,7 +30,7 @@ T = 0.5
 
 def context(num_instances=0, labels=None, dim=2, classes=3):
     return MethodContext(num_classes=classes, num_instances=num_instances,
-                         student_shapes={"pool": (dim,)}, teacher_shapes={"pool": (dim,)},
+                         student_shapes={"hidden": (dim,)}, teacher_shapes={"hidden": (dim,)},
                          instance_labels=labels)
 
 
@@ -51,7 +51,7 @@ def small_hkd(**params):
 
 
 def knowledge(logits, feat):
-    return Knowledge(logits, {"pool": feat})
+    return Knowledge(logits, {"hidden": feat})
 
 
 def nce(anchor, positive, negatives):
@@ -148,9 +148,9 @@ def test_gradients_reach_student_and_method_modules_never_the_teacher():
     terms = recipe(student, teacher, labels=labels[index], index=index)
     assert list(terms) == ["ce", "kd", "hkd"]
     sum(terms.values()).backward()
-    assert student.feats["pool"].grad.abs().sum() > 0
+    assert student.feats["hidden"].grad.abs().sum() > 0
     assert student.logits.grad.abs().sum() > 0
-    assert teacher.feats["pool"].grad is None and teacher.logits.grad is None
+    assert teacher.feats["hidden"].grad is None and teacher.logits.grad is None
     for module in (method.embed["student"], method.embed["teacher"],
                    method.encoder["student"], method.encoder["teacher"]):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
@@ -170,10 +170,22 @@ def test_dense_and_dgl_paths_agree():
     for method in (dense, dgl_path):
         torch.manual_seed(7)  # the same pool of negatives for both
         terms = method(student, teacher, labels=labels[index], index=index)
-        grad, = torch.autograd.grad(terms["hkd"], student.feats["pool"])
+        grad, = torch.autograd.grad(terms["hkd"], student.feats["hidden"])
         losses.append((terms["hkd"].item(), grad))
     assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-5)
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-5)
+
+
+def test_dense_and_dgl_paths_start_from_the_same_weights():
+    # The dense path holds TAGConv's parameters without DGL (issue 26): from one seed both
+    # backends build the same state dict, so a config gives the same run on either.
+    states = []
+    for backend in ("dense", "dgl"):
+        torch.manual_seed(11)
+        states.append(memory_hkd(graph_backend=backend, encoder_hops=2).state_dict())
+    assert list(states[0]) == list(states[1])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
 
 
 @pytest.mark.parametrize("encoder", ["graphconv", "sage", "gat"])
@@ -248,7 +260,7 @@ def test_native_graph_relation_gnn_to_mlp():
 
 
 def test_required_features_name_what_is_read():
-    assert memory_hkd().required_features() == (["pool"], ["pool"])
+    assert memory_hkd().required_features() == (["hidden"], ["hidden"])
     labels = torch.arange(100) % 5
     method = build_method("hkd", MethodContext(
         5, 100, {"h": (12,), "pen": (4,)}, {"h": (6,), "pen": (4,)}, labels),
@@ -297,7 +309,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.hidden(x)
-        return Knowledge(self.out(h), {"pool": h})
+        return Knowledge(self.out(h), {"hidden": h})
 
 
 def trained_teacher(x, y):
@@ -320,7 +332,7 @@ def test_training_lowers_the_hkd_loss_on_digits(negatives, one_thread):
     student = MLP(16)
     method = dglkd.compose(
         hkd={"weight": 3.0, "embed_dim": 32, "num_negatives": 256, "negatives": negatives},
-        context=MethodContext(10, len(x), {"pool": (16,)}, {"pool": (32,)},
+        context=MethodContext(10, len(x), {"hidden": (16,)}, {"hidden": (32,)},
                               instance_labels=y),
     )
     optimizer = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=0.005)
@@ -329,7 +341,7 @@ def test_training_lowers_the_hkd_loss_on_digits(negatives, one_thread):
         for index in torch.randperm(len(x)).split(128):
             terms = method(student(x[index]), Knowledge(
                 teacher_knowledge.logits[index],
-                {"pool": teacher_knowledge.feats["pool"][index]}),
+                {"hidden": teacher_knowledge.feats["hidden"][index]}),
                 labels=y[index], index=index)
             optimizer.zero_grad()
             terms["hkd"].backward()

@@ -251,3 +251,43 @@ def test_ppi_recipe_config_loads_with_its_schedule():
     raw = read_yaml("configs/ppi_gat_lsp.yaml")
     spec = check_recipe(raw["method"])
     assert spec["lsp"].schedule.until == 30 and raw["train"]["epochs"] == 500
+
+
+# -- union kNN graphs without DGL (issue 26) -------------------------------------------------
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel_as_logit", [True, False])
+@pytest.mark.parametrize("average_over,include_self", [("all", False), ("with_neighbours", True)])
+def test_union_knn_torch_path_equals_the_dgl_path(kernel, kernel_as_logit, average_over,
+                                                  include_self):
+    # the same batch through both backends: loss and student gradient to 1e-5
+    torch.manual_seed(6)
+    # small features: the poly and linear kernels would otherwise make every softmax one-hot
+    teacher = 0.3 * torch.randn(40, 6, 2, 2)
+    student = 0.3 * torch.randn(40, 3, 4, 4)
+    # a duplicated row makes ties, which both paths must break alike
+    teacher[7], student[7] = teacher[3], student[3]
+    options = dict(graph="union_knn", k=5, kernel=kernel, kernel_as_logit=kernel_as_logit,
+                   average_over=average_over, knn_include_self=include_self, l1_scale=10.0)
+    results = {}
+    for backend in ("dense", "dgl"):
+        method = _lsp(graph_backend=backend, **options)
+        assert method.dense == (backend == "dense")
+        s = student.clone().requires_grad_()
+        loss = method(_knowledge(s), _knowledge(teacher))["lsp"]
+        loss.backward()
+        results[backend] = (loss.detach(), s.grad)
+    (dense_loss, dense_grad), (dgl_loss, dgl_grad) = results["dense"], results["dgl"]
+    assert dense_loss.item() > 0
+    assert torch.allclose(dense_loss, dgl_loss, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(dense_grad, dgl_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_union_knn_defaults_to_the_torch_path():
+    assert _lsp(graph="union_knn").dense
+    assert not _lsp(graph="union_knn", graph_backend="dgl").dense
+    assert not _lsp().dense  # a native graph is a DGLGraph
+
+
+def test_dense_backend_on_a_native_graph_is_a_one_line_error():
+    with pytest.raises(DglkdError, match="graph_backend: 'dense' needs graph 'union_knn'"):
+        _lsp(graph_backend="dense")

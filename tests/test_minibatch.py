@@ -120,47 +120,40 @@ def test_a_recipe_reads_the_graph_only_through_members_that_say_so(terms, reads)
     assert compose(terms, context=context).reads_graph() is reads
 
 
-def _small_cora_data():
-    import torch
-    import dglkd
-    from dglkd.engine.graph import GraphData
-
-    return GraphData(dglkd.data.load("cora"), torch.device("cpu"), self_loop=True)
-
-
 def test_block_batches_carry_the_induced_subgraph_only_when_asked():
     import dgl
     import torch
     from dglkd.config import TrainConfig
-    from dglkd.engine.graph import minibatches
     from dglkd.models import build_model
+    from tests.conftest import cora_backend
 
-    data = _small_cora_data()
+    backend = cora_backend()
     model = build_model("sage", 7, 1433, hidden=16)
     cfg = TrainConfig(epochs=1, batch_size=64, fanouts=[3, 3])
-    plain = next(iter(minibatches(data, model, cfg, None, torch.Generator().manual_seed(0))()))
+    plain = next(iter(backend.batches(model, cfg, None, torch.Generator().manual_seed(0))()))
     assert plain.graph is None
-    with_graph = next(iter(minibatches(data, model, cfg, None, torch.Generator().manual_seed(0),
-                                       with_graph=True)()))
-    expected = dgl.node_subgraph(data.train_graph, with_graph.index)
+    with_graph = next(iter(backend.batches(model, cfg, None, torch.Generator().manual_seed(0),
+                                           with_graph=True)()))
+    expected = dgl.node_subgraph(backend.train.graph, with_graph.index)
     assert torch.equal(torch.stack(with_graph.graph.edges()), torch.stack(expected.edges()))
     assert with_graph.graph.num_nodes() == len(with_graph.index) == 64
-    whole = data.full_batch(None)
-    assert whole.graph is None and data.full_batch(None, with_graph=True).graph is data.train_graph
+    whole = TrainConfig(epochs=1)
+    assert next(iter(backend.batches(model, whole, None, None)())).graph is None
+    assert next(iter(backend.batches(model, whole, None, None, with_graph=True)())).graph \
+        is backend.train.graph
 
 
 def test_node_batches_refuse_a_term_that_reads_the_graph_in_one_line():
     import torch
     from dglkd.config import TrainConfig
-    from dglkd.engine.graph import minibatches
     from dglkd.errors import DglkdError
     from dglkd.models import build_model
+    from tests.conftest import cora_backend
 
-    data = _small_cora_data()
     mlp = build_model("mlp", 7, 1433, hidden=16)
     cfg = TrainConfig(epochs=1, batch_size=64)
     with pytest.raises(DglkdError, match=r"lsp graph: native\).*node batches.*union_knn"):
-        minibatches(data, mlp, cfg, None, torch.Generator(), with_graph=True)
+        cora_backend().batches(mlp, cfg, None, torch.Generator(), with_graph=True)
 
 
 def test_a_home_made_method_that_reads_the_graph_without_saying_so_is_told_how(tmp_path):
@@ -177,8 +170,12 @@ def test_a_home_made_method_that_reads_the_graph_without_saying_so_is_told_how(t
             return {"edge_count_probe": batch.student.logits.sum() * 0
                     + dglkd.methods.base.require_graph(batch, self.name).num_edges()}
 
-    data = _small_cora_data()
+    from dglkd.config import TrainConfig
+    from tests.conftest import cora_backend
+
     objective = dglkd.compose({"edge_count_probe": 1.0}, context=7)
-    batch = data.full_batch(None, with_graph=objective.reads_graph())
+    mlp = dglkd.models.build_model("mlp", 7, 1433, hidden=16)
+    batch = next(iter(cora_backend().batches(mlp, TrainConfig(epochs=1), None, None,
+                                             with_graph=objective.reads_graph())()))
     with pytest.raises(DglkdError, match="reads_graph()"):
         objective(batch.inputs[1][:, :7], graph=batch.graph)

@@ -190,7 +190,7 @@ def test_position_features_reach_the_student_alone():
     both = load("npz", seed=0, positional={**TINY_WALKS, "dim": 16, "to": "both"})
     assert both.features_for("teacher") == 1449
     from dglkd.models import build_model
-    from dglkd.models.gnn import layerwise_inference
+    from dglkd.engine.inference import layerwise_inference
 
     graph = dgl.add_self_loop(task.graph)
     feat = graph.ndata["feat"]

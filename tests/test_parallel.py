@@ -21,9 +21,11 @@ from dgl.nn import SAGEConv
 from torch import nn
 
 from dglkd.engine import parallel
-from dglkd.engine.parallel import (ProcessGroupInfo, all_reduce_mean, launch, node_loader,
-                                   unwrap, world, wrap_ddp)
+from dglkd.engine.parallel import (ProcessGroupInfo, all_reduce_mean, node_loader, unwrap,
+                                   world, wrap_ddp)
 from dglkd.errors import DglkdError
+from dglkd.processes.ranks import launch
+from dglkd.processes.supervisor import free_port
 
 NUM_NODES, IN_DIM, NUM_CLASSES = 30, 8, 3
 # The global batch of the DDP step: 2 ranks × 4 seeds.
@@ -196,7 +198,7 @@ def test_setup_from_torchrun_environment(monkeypatch):
         parallel.setup_from_env("cpu")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(parallel.free_port())}.items():
+                        "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(DglkdError, match="either torchrun or --nproc"):
         launch(2, sum, ([1],))

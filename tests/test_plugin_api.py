@@ -119,15 +119,15 @@ def test_registering_again_is_harmless_and_a_taken_name_is_one_line():
 
 # -- the one-call context -----------------------------------------------------------------
 def test_context_for_probes_shapes_and_labels_the_way_the_engine_does():
-    from dglkd.engine.graph import GraphData
+    from tests.conftest import cora_backend
 
-    task = dglkd.data.load("cora")
     student = dglkd.models.build_model("mlp", 7, 1433, hidden=32)
     teacher = dglkd.models.build_model("gcn", 7, 1433, hidden=16)
-    data = GraphData(task, torch.device("cpu"), self_loop=True)
-    engine = data.method_context(student, teacher)
-    mine = dglkd.context_for(student, teacher, (data.train_graph, data.feat),
-                             labels=data.labels, train_mask=data.train_mask)
+    backend = cora_backend()
+    engine = backend.method_context(student, teacher)
+    graph = backend.train.graph  # with the self loops the engine adds
+    mine = dglkd.context_for(student, teacher, (graph, graph.ndata["feat"]),
+                             labels=graph.ndata["label"], train_mask=graph.ndata["train_mask"])
     assert mine.num_instances == engine.num_instances == 2708
     assert torch.equal(mine.instance_labels, engine.instance_labels)
     assert mine.shape("student", "hidden") == (32,) and mine.shape("teacher", "hidden") == (16,)

@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
+from dglkd import deps
 from dglkd.data.task import GraphTask, ImageTask
 from dglkd.errors import DglkdError, quoted
 
@@ -80,6 +81,8 @@ _LOADERS: dict[str, Callable[..., Any]] = {
     "synthetic": _synthetic, "mnist": _mnist, "digits": _digits,
     "cifar10": _cifar, "cifar100": _cifar,
 }
+# Loaders of DGLGraphs: DGL is checked before one runs, so its absence is named by dataset.
+_GRAPH_LOADERS = (_planetoid, _npz, _ogb, _graph_file, _synthetic)
 
 
 def dataset_names() -> list[str]:
@@ -122,6 +125,8 @@ def load(name: str, *, seed: int = 0, inductive: bool = False,
         if option not in params and not takes_any:
             raise DglkdError(f"{option}: not an option of dataset {name!r}; allowed: "
                              f"{', '.join(allowed + ['inductive', 'hidden_test_share', 'positional'])}")
+    if loader in _GRAPH_LOADERS:
+        deps.dgl(f"data.name {name!r} (a graph dataset)")
     task = loader(name, seed=seed, **options)
     if inductive:
         if isinstance(task, ImageTask):

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 
-import dgl
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from dglkd import deps
 from dglkd.data.splits import largest_connected_component, resplit_per_class
 from dglkd.data.task import GraphTask
 from dglkd.errors import DglkdError
+
+# All of this module is DGL; dglkd.data imports it only for a graph dataset.
+dgl = deps.dgl("npz graph files")
 
 SPLITS = ("per_class",)
 _CSR_PARTS = ("data", "indices", "indptr", "shape")

@@ -12,8 +12,12 @@ import os
 import shutil
 import tempfile
 
-import dgl
-from dgl.data import CiteseerGraphDataset, CitationGraphDataset, CoraGraphDataset
+from dglkd import deps
+from dglkd.data.task import GraphTask
+from dglkd.errors import DglkdError, quoted
+
+dgl = deps.dgl("the Planetoid datasets (cora, citeseer)")
+from dgl.data import CiteseerGraphDataset, CitationGraphDataset, CoraGraphDataset  # noqa: E402
 
 try:
     from dgl.data.utils import _get_dgl_url
@@ -22,9 +26,6 @@ except ImportError:  # a private helper; its logic is small enough to mirror
     def _get_dgl_url(file_url: str) -> str:
         repo = os.environ.get("DGL_REPO", "https://data.dgl.ai/")
         return repo.rstrip("/") + "/" + file_url
-
-from dglkd.data.task import GraphTask
-from dglkd.errors import DglkdError, quoted
 
 BUNDLE_DIR = os.path.join(os.path.dirname(__file__), "bundled", "planetoid")
 RAW_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")

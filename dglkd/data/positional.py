@@ -24,14 +24,17 @@ import random
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
-import dgl
 import pydantic
 import torch
 from torch import Tensor
 
+from dglkd import deps
 from dglkd.data.task import GraphTask
 from dglkd.errors import DglkdError, describe_validation_error
 from dglkd.files import atomic_write
+
+# All of this module is DGL; dglkd.data imports it only for a graph dataset.
+dgl = deps.dgl("DeepWalk position features (data.positional)")
 
 CACHE_VERSION = 1
 

@@ -12,14 +12,17 @@ graph and a benchmark can print which shape it used.
 """
 from __future__ import annotations
 
-import dgl
 import numpy as np
 import torch
 from torch import Tensor
 
+from dglkd import deps
 from dglkd.data.task import GraphTask, masks_from_indices
 from dglkd.errors import DglkdError
 from dglkd.resources import check_fits
+
+# All of this module is DGL; dglkd.data imports it only for a graph dataset.
+dgl = deps.dgl("synthetic graphs")
 
 # ogbn-arxiv: 169,343 nodes; 1,166,243 generated edges, symmetrised with duplicates merged.
 ARXIV_SHAPE: dict = {"num_nodes": 169_343, "num_edges": 1_166_243, "num_features": 128,

@@ -7,6 +7,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+# The splits every task has, in the order results list them.
+SPLITS = ("train", "val", "test")
+
 
 def accuracy(pred: Tensor, labels: Tensor) -> float:
     """Share of ``pred`` (class indices) equal to ``labels``."""
@@ -49,7 +52,7 @@ class GraphTask:
         return self.graph.ndata[f"{split}_mask"]
 
     def split_sizes(self) -> dict[str, int]:
-        return {s: int(self.mask(s).sum()) for s in ("train", "val", "test")}
+        return {s: int(self.mask(s).sum()) for s in SPLITS}
 
 
 @dataclass

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import os
 
-import dgl
 import torch
 from torch import Tensor
 
+from dglkd import deps
 from dglkd.data.task import GraphTask
 from dglkd.errors import DglkdError
+
+# All of this module is DGL; dglkd.data imports it only for a graph dataset.
+dgl = deps.dgl("graph files (dgl.save_graphs)")
 
 MASKS = ("train_mask", "val_mask", "test_mask")
 

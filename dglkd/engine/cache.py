@@ -1,7 +1,7 @@
 """Teacher outputs as an artifact: cached under a key of (dataset, split, teacher, seed).
 
-An entry holds the trained teacher's weights, its logits over the training graph and its
-phase result. Beside it, ``teacher-<digest>.json`` (written last) records the entry's
+An entry holds the trained teacher's weights, its exact logits of a seeded sample of the
+training graph's nodes and its phase result. Beside it, ``teacher-<digest>.json`` (written last) records the entry's
 size and SHA-256: on load the bytes are checked against it before anything is unpickled,
 the key is compared field by field and the logits are recomputed from the weights and
 compared, so a stale, foreign or damaged file is never used silently.
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from dglkd.engine.io import (file_digest, load_torch_bytes, mismatch,
                              remove_stray_tmp, save_torch, write_json)
 
-CACHE_VERSION = 1
+# 2: the logits kept to check an entry are exact logits of a seeded sample of nodes
+CACHE_VERSION = 2
 
 
 def teacher_key(data: dict[str, Any], teacher: dict[str, Any], train: dict[str, Any],
@@ -29,6 +31,21 @@ def teacher_key(data: dict[str, Any], teacher: dict[str, Any], train: dict[str, 
 
 def digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class TeacherArtifact:
+    """One trained teacher as the cache holds it: its entry (weights, a fingerprint of its
+    logits, its phase result) and, for mini-batch graphs, the memory-mapped soft-label
+    files of what students read from it, each beside the entry."""
+
+    entry: Path
+
+    def soft_labels(self, names: Sequence[str]) -> Path:
+        """The folder of the soft labels holding the logits and the hidden features
+        ``names``: the entry's name plus the arrays stored."""
+        arrays = "+".join(["logits", *names])
+        return self.entry.with_name(f"{self.entry.stem}.soft-{arrays}")
 
 
 class TeacherCache:
@@ -46,10 +63,8 @@ class TeacherCache:
     def path(self, key: dict[str, Any]) -> Path:
         return self.folder / f"teacher-{digest(key)}.pt"
 
-    def soft_labels(self, key: dict[str, Any]) -> Path:
-        """Where the soft labels of this entry's teacher live (mini-batch graphs): the
-        entry's name plus the arrays stored, beside the entry."""
-        return self.folder / f"teacher-{digest(key)}.soft"
+    def artifact(self, key: dict[str, Any]) -> TeacherArtifact:
+        return TeacherArtifact(self.path(key))
 
     def record(self, key: dict[str, Any]) -> Path:
         """The entry's size and SHA-256, written after the entry itself."""

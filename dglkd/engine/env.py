@@ -4,23 +4,25 @@ from __future__ import annotations
 import platform
 import random
 import sys
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 import torch
 
+from dglkd import deps
 from dglkd.config import device_problem
 from dglkd.errors import DglkdError
 
 
 def seed_everything(seed: int) -> None:
-    """Seed random, numpy, torch and dgl."""
-    import dgl
-
+    """Seed random, numpy, torch and dgl (where DGL is installed: image runs need none)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    dgl.seed(seed)
+    dgl = deps.optional_dgl()
+    if dgl is not None:
+        dgl.seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,14 +51,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:
-    import dgl
-
+    """What a run folder records of the machine: versions (DGL's where it loads, the
+    others read from the installed packages' metadata, so nothing is imported for them),
+    device, seeds, threads."""
+    dgl = deps.optional_dgl()  # already loaded to seed its generator, where it loads
     versions = {"python": sys.version.split()[0], "torch": torch.__version__,
-                "dgl": dgl.__version__, "numpy": np.__version__}
-    for name in ("ogb", "pydantic", "sklearn"):
+                "dgl": dgl.__version__ if dgl is not None else None}
+    for name in ("numpy", "ogb", "pydantic", "scikit-learn"):
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = None
     return {"versions": versions, "device": str(device), "seeds": seeds,
             "platform": platform.platform(), "threads": torch.get_num_threads()}

@@ -1,326 +1,409 @@
-"""Node classification on one graph: the data on a device, its batches and evaluation."""
+"""Node classification on one graph, wherever it lives: the one graph backend.
+
+The graph is a :class:`~dglkd.engine.stores.GraphStore`: a ``DGLGraph`` in memory (Cora,
+OGB, npz, a user's graph) or DistDGL's partitioned graph (``data.name: dist``). Everything
+here is written once over the store: the teacher's knowledge of every node, epoch
+batching (the whole graph as one batch, node batches of a graph-free model, sampled
+blocks), evaluation and inference timing.
+
+``train`` is what teacher and student see while training: the whole graph
+(transductive) or the subgraph of observed nodes (inductive); evaluation runs on the
+whole graph (``eval``). The training instances are the nodes of ``train``: a node's
+``index`` is its node id there.
+
+A config whose ``train`` or ``teacher_train`` sets ``batch_size`` is a mini-batch config:
+evaluation and the teacher's knowledge of every node are then computed layer by layer
+over node batches of ``eval_batch_size``, never every layer of the whole graph at once,
+and the teacher's knowledge is kept in memory-mapped soft-label files beside its cache
+entry (in ``DistTensor`` s under DistDGL, recomputed each run).
+"""
 from __future__ import annotations
 
-
+import math
 import sys
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-import dgl
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dglkd.config import TrainConfig
-from dglkd.data.task import GraphTask
-from dglkd.engine.parallel import node_loader, world
+from dglkd import deps
+from dglkd.config import Config, ModelConfig, TrainConfig
+from dglkd.data.task import SPLITS, accuracy
+from dglkd.engine.cache import TeacherArtifact
+from dglkd.engine.inference import (eval_mode, exact_knowledge, exact_logits, latency_ms,
+                                   layerwise)
+from dglkd.engine.knowledge import TeacherKnowledge
+from dglkd.engine.parallel import barrier, is_main, world
 from dglkd.engine.softlabels import SoftLabels, SoftLabelWriter, check_sample, open_soft_labels
-from dglkd.engine.step import Batch, median_ms, no_instance_graph
-from dglkd.progress import progress
+from dglkd.engine.step import Batch, no_instance_graph
+from dglkd.engine.stores import GraphStore, MemoryStore, Sampled, all_blocks
+from dglkd.engine.tasks import load_task
 from dglkd.errors import DglkdError
-from dglkd.graphs.propagation import CorrectSmoothParams, correct_and_smooth
-from dglkd.methods import Knowledge, MethodContext, context_for
+from dglkd.methods import Knowledge, MethodContext, Recipe, context_for
 from dglkd.methods.context import frozen_knowledge
-from dglkd.models.gnn import OUT_DEGREES, attach_out_degrees, layerwise_inference
+from dglkd.models import build_model
+from dglkd.models.contract import NodeModel, node_model
+from dglkd.progress import progress
 
-SPLITS = ("train", "val", "test")
+dgl = deps.dgl("the graph engine")
+
+# Nodes whose exact logits fingerprint a model (the cache check, the soft-label check)
+# and on whose subgraph a method's feature shapes are probed.
 CHECK_NODES = 256
+INFERENCE_TARGETS = 1024
+# Seed nodes of the start-up check's one mini-batch.
+PROBE_NODES = 64
 
 
-class StoredKnowledge:
-    """The teacher's knowledge of every training node, held in memory-mapped soft-label
-    files (:mod:`dglkd.engine.softlabels`): a batch reads its own rows, as float32 on the
-    device, and nothing else."""
+def draw_seed(generator: torch.Generator) -> int:
+    """A seed for one epoch's shuffling and sampling, drawn from the phase's generator
+    (which checkpoints hold, so a resumed epoch sees the batches an uninterrupted one would)."""
+    return int(torch.randint(2**31 - 1, (1,), generator=generator))
 
-    def __init__(self, store: SoftLabels, device: torch.device,
-                 logits: Tensor | None = None) -> None:
-        self.store = store
+
+class GraphBackend:
+    """The engine's backend for node classification (see the module docstring)."""
+
+    def __init__(self, config: Config, device: torch.device,
+                 say: Callable[[str], None] = print) -> None:
+        self.config = config
         self.device = device
-        self.logits = logits  # every node's, in memory, in place of the stored ones
+        self.say = say
+        self.seed = config.seed
+        self.minibatch = (config.train.batch_size is not None
+                          or config.teacher_train.batch_size is not None)
+        self.eval_batch = config.train.eval_batch_size
+        self.train: Any = None
+        self.eval: Any = None
+        self.metric = accuracy
+        # per seed, by teacher model: its knowledge by feature names, its refined logits
+        self._knowledge: dict[tuple, TeacherKnowledge] = {}
+        self._refined: dict[nn.Module, Tensor] = {}
+        self._truth: dict[int, dict[str, Tensor]] = {}  # labels and masks, by id(store)
 
-    def rows(self, ids: Tensor) -> Knowledge:
-        feats = {name: self.store.rows(name, ids).to(self.device)
-                 for name in self.store.names if name != "logits"}
-        logits = (self.logits[ids.to(self.logits.device)] if self.logits is not None
-                  else self.store.rows("logits", ids))
-        return Knowledge(logits.to(self.device), feats)
-
-    def all_logits(self, chunk: int = 1 << 18) -> Tensor:
-        """Every node's logits as float32, read chunk by chunk."""
-        if self.logits is not None:
-            return self.logits
-        logits = self.store.tensor("logits")
-        return torch.cat([logits[i:i + chunk].float() for i in range(0, len(logits), chunk)])
-
-    def with_logits(self, logits: Tensor) -> "StoredKnowledge":
-        """The same stored features with ``logits`` (every node's) instead of the stored."""
-        return StoredKnowledge(self.store, self.device, logits)
-
-    def predictions(self, chunk: int = 1 << 18) -> Tensor:
-        """The teacher's predicted class of every node, read chunk by chunk."""
-        logits = self.store.tensor("logits") if self.logits is None else self.logits
-        return torch.cat([logits[i:i + chunk].float().argmax(-1)
-                          for i in range(0, len(logits), chunk)])
-
-
-class GraphData:
-    """A graph task on a device.
-
-    ``train_graph`` is what teacher and student see while training: the whole graph
-    (transductive) or the subgraph of observed nodes (inductive); evaluation always runs on
-    the whole graph. The training instances are the nodes of ``train_graph``: a node's
-    ``index`` is its node id there.
-    """
-
-    def __init__(self, task: GraphTask, device: torch.device, self_loop: bool) -> None:
+    # -- data ----------------------------------------------------------------------------
+    def load(self, seed: int) -> None:
+        """The task of ``seed`` (its split, for random splits); loaded once per seed."""
+        if self.train is not None and seed == self.seed:
+            return
+        self.seed = seed
+        self._knowledge, self._refined = {}, {}
+        if self.config.data.name == "dist":
+            if self.train is None:  # the split is fixed by the partitions: load once
+                self._load_dist()
+            return
+        task = load_task(self.config.data, seed)
         graph = task.graph
         if not bool(graph.ndata["val_mask"].any()):
             raise DglkdError(f"data: {task.name!r} has no validation nodes (val_mask is empty, "
                              "or val_per_class: 0); the best epoch is chosen on them")
-        if self_loop:
+        if self.config.data.self_loop:
             graph = dgl.add_self_loop(dgl.remove_self_loop(graph))
-        self.task = task
-        self.device = device
-        self.eval_graph = graph.to(device)
-        if task.observed_mask is None:
-            self.train_graph = self.eval_graph
-        else:
-            self.train_graph = dgl.node_subgraph(graph, task.observed_mask).to(device)
-        self.feat = self.train_graph.ndata["feat"]
-        self.labels = self.train_graph.ndata["label"]
-        self.train_mask = self.train_graph.ndata["train_mask"]
-        self.node_ids = torch.arange(self.train_graph.num_nodes(), device=device)
-        self.show_progress = False
+        self.eval = MemoryStore(graph, self.device)
+        self.train = (self.eval if task.observed_mask is None
+                      else MemoryStore(dgl.node_subgraph(graph, task.observed_mask), self.device))
+        self.metric = task.metric
+        self.num_classes = task.num_classes
+        self.teacher_columns = task.teacher_features
+        self._truth = {}
+
+    def _load_dist(self) -> None:
+        from dglkd.engine.diststore import DistStore, dist_mode
+
+        store = DistStore(self.config, self.device)
+        self.train = self.eval = store
+        self.num_classes = int(store.meta["num_classes"])
+        # partitions of a graph with position features for the student alone record how
+        # many content columns the teacher reads
+        self.teacher_columns = store.meta.get("teacher_features")
+        self.say(f"dist: graph {store.name!r} ({store.num_nodes} nodes, "
+                 f"{store.meta['num_parts']} partitions, mode {dist_mode()}); "
+                 f"{world().world_size} trainer(s)")
 
     @property
-    def num_classes(self) -> int:
-        return self.task.num_classes
+    def in_memory(self) -> bool:
+        return isinstance(self.train, MemoryStore)
 
-    def prepare_for(self, model: nn.Module) -> None:
-        """GCN on sampled blocks normalises by the whole graph's out-degrees (see
-        ``attach_out_degrees``: the same logits as on the whole graph); stored once, and
-        only for models that read them (on ogbn-products it costs a CSR copy)."""
-        if getattr(model, "source_degree_norm", False) and OUT_DEGREES not in self.train_graph.ndata:
-            attach_out_degrees(self.train_graph)
+    def new_model(self, spec: ModelConfig, role: str) -> nn.Module:
+        width = int(self.eval.gather("feat", torch.arange(1)).shape[1])
+        columns = self.teacher_columns if role == "teacher" else None
+        model = build_model(spec.model, self.num_classes, width, key=role,
+                            input_columns=columns or width, **spec.options())
+        return node_model(model, f"{role}.model").to(self.device)
 
-    def evaluate(self, model: nn.Module, batch_size: int | None = None) -> dict[str, float]:
-        """Accuracy per split: one full-graph pass, or layer by layer over node batches of
-        ``batch_size`` (the same logits, without every layer's activations at once)."""
-        return self.split_scores(self.eval_graph, self.eval_logits(model, batch_size))
-
-    @torch.no_grad()
-    def eval_logits(self, model: nn.Module, batch_size: int | None = None) -> Tensor:
-        """``model``'s logits of every node of the whole graph (hidden ones included)."""
-        graph = self.eval_graph
-        if batch_size is None:
-            model.eval()
-            return model(graph, graph.ndata["feat"])
-        logits, _ = layerwise_inference(model, graph, graph.ndata["feat"], batch_size,
-                                        device=self.device, progress=self.show_progress)
-        return logits
-
-    def split_scores(self, graph: dgl.DGLGraph, logits: Tensor) -> dict[str, float]:
-        """Accuracy per split of ``graph``'s nodes from their ``logits`` (NaN for a split
-        with no node there: the hidden test nodes are not in the inductive training graph)."""
-        pred = logits.argmax(-1).to(graph.device)
-        labels = graph.ndata["label"]
-        return {f"{split}_acc": (self.task.metric(pred[mask], labels[mask])
-                                 if bool(mask.any()) else float("nan"))
-                for split in SPLITS
-                for mask in [graph.ndata[f"{split}_mask"]]}
-
-    def knowledge(self, model: nn.Module, names: list[str],
-                  batch_size: int | None = None) -> Knowledge:
-        """What ``model`` (eval mode) knows about every training node: one full-graph pass,
-        or layer by layer over node batches of ``batch_size``."""
-        if batch_size is None:
-            return frozen_knowledge(model, names, self.train_graph, self.feat)
-        logits, feats = layerwise_inference(model, self.train_graph, self.feat, batch_size,
-                                            names=[n for n in names if n != "logits"],
-                                            device=self.device, progress=self.show_progress)
-        return Knowledge(logits.to(self.device), {k: v.to(self.device) for k, v in feats.items()})
-
-    def refined_logits(self, logits: Tensor, params: CorrectSmoothParams,
-                       whole_graph: bool = False) -> Tensor:
-        """``logits`` of every training-graph node (``whole_graph``: of every node)
-        refined by Correct and Smooth over that graph with the training labels, as
-        log-probabilities (the refined probabilities at temperature 1; a zero probability
-        becomes float32's tiniest)."""
-        graph = self.eval_graph if whole_graph else self.train_graph
-        probs = correct_and_smooth(graph, logits.float().softmax(-1), graph.ndata["label"],
-                                   graph.ndata["train_mask"], params)
-        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+    # -- the teacher's knowledge -----------------------------------------------------------
+    def cache_logits(self, model: NodeModel) -> Tensor:
+        """Exact logits of a seeded sample of nodes: a cheap fingerprint of a model."""
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randperm(self.train.num_nodes, generator=generator)[:CHECK_NODES]
+        return exact_logits(model, self.train, ids.sort().values).cpu()
 
     def method_context(self, student: nn.Module, teacher: nn.Module | None,
-                       teacher_predictions: Tensor | None = None) -> MethodContext:
-        """Shapes probed on the whole training graph, or, with ``teacher_predictions``
-        given (mini-batch scale), on the subgraph of the first few nodes only."""
-        inputs = (self.train_graph, self.feat)
-        if teacher_predictions is not None:
-            sample = dgl.node_subgraph(self.train_graph, self.node_ids[:CHECK_NODES])
-            inputs = (sample, sample.ndata["feat"])
-        return context_for(student, teacher, inputs, labels=self.labels,
-                           train_mask=self.train_mask, teacher_predictions=teacher_predictions)
+                       artifact: TeacherArtifact | None = None) -> MethodContext:
+        """Shapes probed on the subgraph of the first few training-graph nodes; every
+        node's label, the teacher's predictions where none is known."""
+        predictions = (self.knowledge(teacher, [], artifact).predictions()
+                       if teacher is not None else None)
+        return self._context(student, teacher, predictions)
 
-    def exact_logits(self, model: nn.Module, ids: Tensor) -> Tensor:
-        """``model``'s logits of nodes ``ids`` from their whole neighbourhoods (full
-        blocks): what a full-graph pass gives those rows, at the cost of their hops."""
-        if not getattr(model, "uses_graph", True):
-            return frozen_knowledge(model, [], None, self.feat[ids]).logits
-        self.prepare_for(model)
-        sampler = dgl.dataloading.MultiLayerFullNeighborSampler(model.num_hops)
-        input_nodes, _, blocks = sampler.sample_blocks(self.train_graph, ids)
-        return frozen_knowledge(model, [], blocks, self.feat[input_nodes]).logits
+    def _context(self, student: nn.Module, teacher: nn.Module | None,
+                 predictions: Tensor | None) -> MethodContext:
+        ids = torch.arange(min(CHECK_NODES, self.train.num_nodes))
+        probe = (self.train.induced(ids), self.train.gather("feat", ids))
+        return context_for(student, teacher, probe, labels=self.train.gather("label"),
+                           train_mask=self.train.gather("train_mask"),
+                           teacher_predictions=predictions)
 
-    def sample_logits(self, model: nn.Module, seed: int = 0) -> Tensor:
-        """Exact logits of a seeded sample of nodes: a cheap fingerprint of a model."""
-        generator = torch.Generator().manual_seed(seed)
-        ids = torch.randperm(len(self.node_ids), generator=generator)[:CHECK_NODES]
-        return self.exact_logits(model, ids.sort().values.to(self.device))
+    def teacher_knowledge(self, teacher: nn.Module, objective: Recipe,
+                          artifact: TeacherArtifact | None = None) -> TeacherKnowledge | None:
+        """The frozen teacher's knowledge of every training node that ``objective`` reads,
+        computed once per teacher and refined when the config says so."""
+        if not objective.needs_teacher:
+            return None
+        knowledge = self.knowledge(teacher, objective.required_features()[1], artifact)
+        refined = self._refined_logits(teacher, artifact)
+        return knowledge if refined is None else knowledge.with_logits(refined)
 
-    def stored_knowledge(self, model: nn.Module, names: list[str], folder: Path,
-                         batch_size: int, dtype: str, say: Callable[[str], None]
-                         ) -> StoredKnowledge:
-        """``model``'s knowledge of every training node from the soft-label files in
-        ``folder``; computed layer by layer and written there (once) when they are missing
-        or fail the check of a seeded sample of nodes."""
+    def knowledge(self, teacher: nn.Module, names: list[str],
+                  artifact: TeacherArtifact | None) -> TeacherKnowledge:
+        key = (teacher, tuple(names))  # the model itself: its id could be reused
+        if key not in self._knowledge:
+            # Computing it or reading it from the cache must leave the student's random
+            # stream alone, so a run from a warm cache ends exactly like a cold one.
+            with torch.random.fork_rng(devices=[]):
+                self._knowledge[key] = self._compute_knowledge(teacher, names, artifact)
+        return self._knowledge[key]
+
+    def _compute_knowledge(self, teacher: NodeModel, names: list[str],
+                           artifact: TeacherArtifact | None) -> TeacherKnowledge:
+        if not self.in_memory:  # DistDGL: every trainer writes its share of the rows
+            tables = layerwise(teacher, self.train, self.eval_batch, names, shared=True)
+            self.say(f"teacher soft labels: every trainer wrote its share of "
+                     f"{self.train.num_nodes} nodes into DistTensors (recomputed each run: "
+                     "dist runs do not use the cache's soft-label files)")
+            return TeacherKnowledge(tables.pop("logits"), tables, self.device)
+        if not self.minibatch:
+            return TeacherKnowledge.in_memory(frozen_knowledge(
+                teacher, names, self.train.graph, self.train.gather("feat")))
+        # Rank 0 writes the soft labels; the other ranks wait, then read them.
+        if not is_main():
+            barrier()
+        store = self._stored(teacher, names, artifact)
+        if is_main():
+            barrier()
+        return TeacherKnowledge(store.tensor("logits"),
+                                {name: store.tensor(name) for name in store.names
+                                 if name != "logits"}, self.device)
+
+    def _stored(self, teacher: NodeModel, names: list[str],
+                artifact: TeacherArtifact | None) -> SoftLabels:
+        """The soft-label files of ``names`` beside the teacher's cache entry: checked
+        (every byte's SHA-256, then a seeded sample of nodes recomputed exactly) and
+        written anew, layer by layer, when missing or wrong."""
+        if artifact is None:
+            raise AssertionError("a mini-batch teacher's knowledge needs its cache artifact")
+        folder = artifact.soft_labels(names)
         try:
-            # Every byte against the header's SHA-256 (about a second per GB): the sample
-            # check below would miss a damaged row outside its sample.
             store = open_soft_labels(folder, verify="sha256")
         except DglkdError as exc:
-            say(f"soft labels: {exc}; they will be recomputed")
+            self.say(f"soft labels: {exc}; they will be recomputed")
             store = None
         if store is not None and not check_sample(
-                store, lambda ids: self.exact_logits(model, ids.to(self.device)),
-                count=CHECK_NODES):
-            say(f"soft labels {folder}: a sample of nodes does not reproduce; recomputing")
+                store, lambda ids: exact_logits(teacher, self.train, ids), count=CHECK_NODES):
+            self.say(f"soft labels {folder}: a sample of nodes does not reproduce; recomputing")
             store = None
         if store is None:
-            store = self._write_knowledge(model, names, folder, batch_size, dtype)
-        return StoredKnowledge(store, self.device)
+            tables = layerwise(teacher, self.train, self.eval_batch, names,
+                               progress=self._progress)
+            with SoftLabelWriter(folder, {k: tuple(v.shape) for k, v in tables.items()},
+                                 dtype=self.config.soft_label_dtype) as out:
+                for name, values in tables.items():
+                    out.write(name, slice(None), values)
+            store = open_soft_labels(folder)
+        return store
 
-    def _write_knowledge(self, model: nn.Module, names: list[str], folder: Path,
-                         batch_size: int, dtype: str) -> SoftLabels:
-        hidden = [name for name in names if name != "logits"]
-        logits, feats = layerwise_inference(model, self.train_graph, self.feat, batch_size,
-                                            names=hidden, device=self.device,
-                                            progress=self.show_progress)
-        arrays = {"logits": logits, **{name: feats[name].flatten(1) for name in hidden}}
-        with SoftLabelWriter(folder, {k: tuple(v.shape) for k, v in arrays.items()},
-                             dtype=dtype) as out:
-            for name, values in arrays.items():
-                out.write(name, slice(None), values)
-        return open_soft_labels(folder)
+    # -- Correct and Smooth ----------------------------------------------------------------
+    def _refined_logits(self, teacher: nn.Module,
+                        artifact: TeacherArtifact | None) -> Tensor | None:
+        """The teacher's logits of every training-graph node refined by Correct and Smooth
+        (``teacher_refine``) over the training graph with the training labels, as
+        log-probabilities; None without refinement. Refined once per teacher."""
+        if self.config.teacher_refine is None:
+            return None
+        if teacher not in self._refined:
+            logits = self.knowledge(teacher, [], artifact).all_logits()
+            self._refined[teacher] = self._refine(self.train, logits)
+        return self._refined[teacher]
 
-    def full_batch(self, teacher: Knowledge | None, with_graph: bool = False) -> Batch:
+    def _refine(self, store: MemoryStore, logits: Tensor) -> Tensor:
+        """``logits`` of every node of ``store`` refined over its graph with its training
+        labels, as log-probabilities (a zero probability becomes float32's tiniest)."""
+        from dglkd.graphs.propagation import correct_and_smooth
+
+        graph = store.graph
+        probs = correct_and_smooth(graph, logits.to(self.device).float().softmax(-1),
+                                   graph.ndata["label"], graph.ndata["train_mask"],
+                                   self.config.teacher_refine)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+    def refined_teacher(self, teacher: nn.Module,
+                        artifact: TeacherArtifact | None = None) -> dict[str, float] | None:
+        """How the teacher's refined predictions score, or None without refinement: on the
+        training graph's nodes, what every student learns from. Inductively the test nodes
+        are hidden from that graph; their score is then the refinement over the whole
+        graph at test time (hidden nodes and their edges revealed, as when the teacher
+        itself is evaluated; still training labels only)."""
+        refined = self._refined_logits(teacher, artifact)
+        if refined is None:
+            return None
+        scores = self.split_scores(self.train, refined)
+        if self.train is not self.eval:
+            whole = self._refine(self.eval, self.eval_logits(teacher))
+            scores["test_acc"] = self.split_scores(self.eval, whole)["test_acc"]
+        return {**scores, "test_acc_last": float("nan")}  # refined once, best-val teacher
+
+    # -- batches -----------------------------------------------------------------------------
+    def generator(self) -> torch.Generator:
+        # Orders node batches; saved in checkpoints so a resumed phase sees the same ones.
+        return torch.Generator().manual_seed(self.seed)
+
+    def batches(self, model: NodeModel, cfg: TrainConfig, teacher: TeacherKnowledge | None,
+                generator: torch.Generator,
+                with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
+        """The whole training graph as one batch, or, when ``cfg.batch_size`` is set, one
+        epoch of shuffled seed batches: node batches for a graph-free model (no graph is
+        touched), else blocks from DGL's neighbour sampler with ``cfg.fanouts`` (all
+        neighbours where absent). The seeds are every training-graph node when there is
+        teacher knowledge to distil, else the labelled ones. With several processes each
+        takes its own share of the seeds in batches of ``batch_size / processes``:
+        ``batch_size`` stays the global batch, so ``--nproc`` changes the speed and not the
+        optimisation. ``with_graph``: each batch carries the graph among its instances
+        (the training graph, or its subgraph induced on the batch's seeds)."""
+        store = self.train
+        if cfg.batch_size is None:
+            batch = self._whole_batch(teacher, with_graph)
+            return lambda: iter([batch])
+        fanouts = self._fanouts(model, cfg, with_graph)
+        seeds = torch.arange(store.num_nodes)
+        if teacher is None:
+            seeds = seeds[store.gather("train_mask").cpu()]
+        batch_size = math.ceil(cfg.batch_size / world().world_size)
+
+        def epoch() -> Iterator[Batch]:
+            seed = draw_seed(generator)
+            # DGL's sampler and loader shuffle draw from DGL's and numpy's generators.
+            dgl.seed(seed)
+            np.random.seed(seed)
+            sampled = store.loader(seeds, fanouts, batch_size, shuffle=True, seed=seed,
+                                   degrees=model.source_degree_norm,
+                                   num_workers=cfg.num_workers)
+            if fanouts is not None and self._progress and sys.stderr.isatty():
+                sampled = progress(sampled, True, "batches")
+            for item in sampled:
+                ids = item.output_nodes
+                yield self._batch(item, teacher.rows(ids) if teacher is not None else None,
+                                  with_graph)
+
+        return epoch
+
+    @staticmethod
+    def _fanouts(model: NodeModel, cfg: TrainConfig, with_graph: bool) -> list[int] | None:
+        """The fan-outs a mini-batch phase samples with; None for node batches."""
+        fanouts = (cfg.fanouts or all_blocks(model.num_hops)) if model.uses_graph else None
+        if with_graph and fanouts is None:
+            raise no_instance_graph("node batches (a graph-free student's)",
+                                    ", or train full-batch")
+        return fanouts
+
+    def _batch(self, item: Sampled, teacher: Knowledge | None, with_graph: bool) -> Batch:
+        """A sampled batch of the training graph as the step takes it."""
+        store, ids = self.train, item.output_nodes
+        return Batch((item.blocks, item.feat), labels=store.gather("label", ids),
+                     label_mask=store.gather("train_mask", ids), index=ids,
+                     graph=store.induced(ids) if with_graph else None, teacher=teacher,
+                     instances=len(ids) if item.blocks is not None else None)
+
+    def probe_batch(self, model: NodeModel, cfg: TrainConfig, teacher: NodeModel | None,
+                    names: list[str], with_graph: bool) -> Batch:
+        """One small batch of the kind a phase of ``cfg`` makes, with the teacher's
+        knowledge of its instances computed on the spot: what the start-up check steps on."""
+        store = self.train
+        if cfg.batch_size is None:
+            knowledge = None if teacher is None else TeacherKnowledge.in_memory(
+                frozen_knowledge(teacher, names, store.graph, store.gather("feat")))
+            return self._whole_batch(knowledge, with_graph)
+        ids = torch.arange(min(PROBE_NODES, store.num_nodes))
+        (item,) = store.loader(ids, self._fanouts(model, cfg, with_graph), len(ids),
+                               per_rank=False, degrees=model.source_degree_norm)
+        knowledge = (exact_knowledge(teacher, store, item.output_nodes, names)
+                     if teacher is not None else None)
+        return self._batch(item, knowledge, with_graph)
+
+    def probe_context(self, student: nn.Module, teacher: nn.Module | None) -> MethodContext:
+        """:meth:`method_context` without a trained teacher: its predictions, which only
+        name the classes negatives are drawn by, are unknown (-1) for the check."""
+        return self._context(student, teacher, torch.full((self.train.num_nodes,), -1))
+
+    def _whole_batch(self, teacher: TeacherKnowledge | None, with_graph: bool) -> Batch:
         """The whole training graph as one batch: labels on training nodes, the teacher's
         knowledge of every node and, ``with_graph``, the graph itself as the relation
         among the instances."""
-        return Batch((self.train_graph, self.feat), labels=self.labels,
-                     label_mask=self.train_mask, index=self.node_ids,
-                     graph=self.train_graph if with_graph else None, teacher=teacher)
+        if not self.in_memory:
+            raise DglkdError("train.batch_size / teacher_train.batch_size: dist runs are "
+                             "mini-batch; set the phase's batch_size")
+        store = self.train
+        return Batch((store.graph, store.gather("feat")), labels=store.gather("label"),
+                     label_mask=store.gather("train_mask"),
+                     index=torch.arange(store.num_nodes, device=self.device),
+                     graph=store.graph if with_graph else None,
+                     teacher=teacher.rows() if teacher is not None else None)
 
-    def seeds(self, teacher: Knowledge | None) -> Tensor:
-        """The nodes a phase iterates: every training-graph node when there is teacher
-        knowledge to distil, else the labelled ones."""
-        return self.node_ids if teacher is not None else self.node_ids[self.train_mask]
+    # -- evaluation --------------------------------------------------------------------------
+    @property
+    def _progress(self) -> bool:
+        return self.config.log.progress
 
-    def node_batch(self, ids: Tensor, teacher: Knowledge | None) -> Batch:
-        """Nodes ``ids`` for a graph-free student: their features, labels and teacher rows."""
-        return Batch((None, self.feat[ids]), labels=self.labels[ids],
-                     label_mask=self.train_mask[ids], index=ids,
-                     teacher=teacher.rows(ids) if teacher is not None else None)
+    def eval_logits(self, model: NodeModel) -> Tensor:
+        """``model``'s logits of every node of the whole graph: one full-graph pass, or
+        layer by layer over node batches in a mini-batch config (the same logits, without
+        every layer's activations at once)."""
+        if self.in_memory and not self.minibatch:
+            with eval_mode(model):
+                return model(self.eval.graph, self.eval.gather("feat"))
+        return layerwise(model, self.eval, self.eval_batch, progress=self._progress)["logits"]
 
-    def block_batch(self, seeds: Tensor, blocks: list, teacher: Knowledge | None,
-                    with_graph: bool = False) -> Batch:
-        """Sampled blocks around ``seeds``; ``with_graph``, the relation among the batch's
-        instances: the training graph's subgraph induced on them (a pass over their
-        edges per batch, so only for objectives that read it)."""
-        return Batch((blocks, blocks[0].srcdata["feat"]), labels=self.labels[seeds],
-                     label_mask=self.train_mask[seeds], index=seeds,
-                     graph=dgl.node_subgraph(self.train_graph, seeds) if with_graph else None,
-                     teacher=teacher.rows(seeds) if teacher is not None else None,
-                     instances=len(seeds))
+    def evaluate(self, model: NodeModel) -> dict[str, float]:
+        """Accuracy per split of the whole graph (rank 0 evaluates, see make_phase)."""
+        return self.split_scores(self.eval, self.eval_logits(model))
 
+    def split_scores(self, store: GraphStore, logits: Tensor) -> dict[str, float]:
+        """The metric per split of ``store``'s nodes from their ``logits`` (NaN for a split
+        with no node there: the hidden test nodes are not in the inductive training graph)."""
+        truth = self._truth.get(id(store))
+        if truth is None:  # read once: a DistGraph serves them over the network
+            truth = {name: store.gather(name).cpu()
+                     for name in ("label", *(f"{s}_mask" for s in SPLITS))}
+            self._truth[id(store)] = truth
+        pred = logits.argmax(-1).cpu()
+        return {f"{split}_acc": (self.metric(pred[mask], truth["label"][mask])
+                                 if bool(mask.any()) else float("nan"))
+                for split in SPLITS for mask in [truth[f"{split}_mask"]]}
 
-def minibatches(data: GraphData, model: nn.Module, cfg: TrainConfig,
-                teacher: Knowledge | None, generator: torch.Generator,
-                with_graph: bool = False) -> Callable[[], Iterator[Batch]]:
-    """One epoch of shuffled seed batches of ``cfg.batch_size``: node batches for a
-    graph-free model (no graph is touched), else blocks from DGL's ``NeighborSampler``
-    with ``cfg.fanouts`` (all neighbours where absent) through DGL's ``DataLoader``;
-    ``with_graph``, each block batch carries the subgraph induced on its seeds.
-    With several ranks each gets its own share of the seeds, every epoch, in batches of
-    ``batch_size / ranks``: ``batch_size`` stays the global batch, so ``--nproc`` changes
-    the speed and not the optimisation (one DDP step = one step of one process).
+    def inference(self, teacher: NodeModel, student: NodeModel, seed: int) -> dict[str, Any]:
+        """Median time for each model to predict the same random nodes."""
+        if not is_main():
+            return {}
+        generator = torch.Generator().manual_seed(seed)
+        targets = torch.randperm(self.eval.num_nodes, generator=generator)[:INFERENCE_TARGETS]
+        teacher_ms = latency_ms(teacher, self.eval, targets)
+        student_ms = latency_ms(student, self.eval, targets)
+        return {"targets": len(targets), "teacher_ms": teacher_ms, "student_ms": student_ms,
+                "speedup": teacher_ms / student_ms}
 
-    Every epoch draws its shuffling seed from ``generator``, which checkpoints hold, so a
-    resumed epoch sees the batches an uninterrupted one would.
-    """
-    seeds = data.seeds(teacher)
-    rank, ranks, _ = world()
-    batch_size = -(-cfg.batch_size // ranks)
-    if not getattr(model, "uses_graph", True):
-        if with_graph:
-            raise no_instance_graph("node batches (a graph-free student's)",
-                                    ", or train full-batch")
-
-        def node_epoch() -> Iterator[Batch]:
-            sampler = torch.utils.data.DistributedSampler(
-                seeds, num_replicas=ranks, rank=rank, shuffle=True, seed=_draw(generator))
-            loader = torch.utils.data.DataLoader(seeds, batch_size=batch_size,
-                                                 sampler=sampler)
-            return (data.node_batch(ids, teacher) for ids in loader)
-
-        return node_epoch
-    data.prepare_for(model)
-    fanouts = cfg.fanouts or [-1] * model.num_hops
-    sampler = dgl.dataloading.NeighborSampler(fanouts)
-
-    def block_epoch() -> Iterator[Batch]:
-        # DGL's sampler and DataLoader shuffle draw from DGL's and numpy's generators,
-        # which are seeded here from the phase's generator.
-        seed = _draw(generator)
-        dgl.seed(seed)
-        np.random.seed(seed)
-        loader = node_loader(data.train_graph, seeds, sampler, batch_size, shuffle=True,
-                             num_workers=cfg.num_workers, device=data.device, seed=seed)
-        if data.show_progress and sys.stderr.isatty():
-            # only then: tqdm starts the loader once more when it is made (a reshuffle)
-            loader = progress(loader, True, "batches", len(loader), 0)
-        for _input_nodes, output_nodes, blocks in loader:
-            yield data.block_batch(output_nodes, blocks, teacher, with_graph)
-
-    return block_epoch
+    def projector(self, model: nn.Module, objective: Recipe,
+                  teacher: nn.Module | None) -> None:
+        return None
 
 
-def _draw(generator: torch.Generator) -> int:
-    return int(torch.randint(2**31 - 1, (1,), generator=generator))
-
-
-@torch.no_grad()
-def inference_ms(model: nn.Module, data: GraphData, targets: Tensor) -> float:
-    """Median time to predict ``targets``: a GNN gathers its multi-hop in-neighbourhood
-    first, a graph-free model reads the targets' features only."""
-    model.eval()
-    graph = data.eval_graph
-
-    def predict() -> Tensor:
-        if not getattr(model, "uses_graph", True):
-            return model(None, graph.ndata["feat"][targets])
-        hops = getattr(model, "num_hops", 2)
-        sub, inverse = dgl.khop_in_subgraph(graph, targets, k=hops)
-        return model(sub, sub.ndata["feat"])[inverse]
-
-    return median_ms(predict, data.device)
-
-
-def inference_targets(data: GraphData, count: int, seed: int) -> Tensor:
-    """``count`` random nodes (all if fewer), the same for teacher and student."""
-    generator = torch.Generator().manual_seed(seed)
-    nodes = torch.randperm(data.eval_graph.num_nodes(), generator=generator)[:count]
-    return nodes.to(data.eval_graph.device)
-
-
-__all__ = ["GraphData", "inference_ms", "inference_targets", "minibatches", "SPLITS"]
+__all__ = ["GraphBackend", "draw_seed"]

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig
 from dglkd.data.images import iterate_minibatches
-from dglkd.data.task import ImageTask, accuracy
-from dglkd.engine.graph import SPLITS
+from dglkd.data.task import SPLITS, ImageTask, accuracy
+from dglkd.engine.cache import TeacherArtifact
 from dglkd.engine.step import Batch, median_ms
 from dglkd.engine.tasks import load_task
 from dglkd.errors import DglkdError
@@ -56,13 +56,13 @@ class ImageBackend:
         self.seed = config.seed
         self.task: ImageTask | None = None
         self.eval_index: dict[str, Tensor] = {}
-        # The teacher runs on every batch: no soft labels are stored for image tasks.
-        self.teacher_store: Path | None = None
 
     # -- data ------------------------------------------------------------------------
     def load(self, seed: int) -> None:
         """The task of one run, moved whole to the device (CIFAR-100 is 0.7 GB as float):
         batches are then gathered where they are used, with no copy per step."""
+        if self.task is not None and seed == self.seed:
+            return
         task = load_task(self.config.data, seed)
         if len(task.splits["val"]) == 0:
             raise DglkdError("data.val_size: 0 leaves no validation images; the best epoch "
@@ -111,6 +111,12 @@ class ImageBackend:
 
         return epoch
 
+    def probe_batch(self, model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None,
+                    names: list[str], with_graph: bool) -> Batch:
+        """The first training batch a phase of ``cfg`` makes (the step runs the teacher on
+        it): what the start-up check steps on."""
+        return next(iter(self.batches(model, cfg, None, self.generator(), with_graph)()))
+
     # -- models ----------------------------------------------------------------------
     def new_model(self, spec: ModelConfig, role: str) -> nn.Module:
         return build_model(spec.model, self.task.num_classes, self.task.image_shape,
@@ -120,14 +126,20 @@ class ImageBackend:
         images, _ = self.images("val", CACHE_CHECK_IMAGES)
         return predict_logits(model, images.split(EVAL_BATCH))
 
-    def method_context(self, student: nn.Module, teacher: nn.Module | None) -> MethodContext:
+    def method_context(self, student: nn.Module, teacher: nn.Module | None,
+                       artifact: TeacherArtifact | None = None) -> MethodContext:
         probe_images, _ = self.images("train", PROBE_IMAGES)
         train_labels = self.task.labels[self.task.splits["train"].to(self.device)]
         return context_for(student, teacher, (probe_images,), labels=train_labels)
 
-    def teacher_knowledge(self, teacher: nn.Module, objective: Recipe) -> None:
+    def probe_context(self, student: nn.Module, teacher: nn.Module | None) -> MethodContext:
+        # The context never reads a trained teacher here: the same as the run's.
+        return self.method_context(student, teacher)
+
+    def teacher_knowledge(self, teacher: nn.Module, objective: Recipe,
+                          artifact: TeacherArtifact | None = None) -> None:
         # The teacher's knowledge depends on each batch's random crop: the step runs the
-        # frozen network itself on every batch.
+        # frozen network itself on every batch (no soft labels are stored for images).
         return None
 
     # -- evaluation ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from dglkd.engine.parallel import is_main
 from dglkd.engine.tracking import PhaseLog
 from dglkd.progress import progress
 from dglkd.errors import DglkdError
+from dglkd.resources import GIB, peak_rss_bytes, reset_peak_rss
 
 # Called as hook(phase_name, epoch) right after each checkpoint is written: progress
 # reporting, or a test that kills the process there the way a crash would.
@@ -46,6 +48,8 @@ class Phase:
     # Called once when training ends, with the best weights loaded, and given the phase's
     # TensorBoard folder (None without TensorBoard): e.g. to write projector embeddings.
     on_end: Callable[[Path | None], None] | None = None
+    # Stop after this many epochs without a better validation score (None: never).
+    patience: int | None = None
 
 
 @dataclass
@@ -54,11 +58,16 @@ class PhaseResult:
     best: dict[str, float]
     last: dict[str, float]
     history: list[dict[str, float]]
+    # What the phase cost in this process: seconds of training and evaluation, and the
+    # peak resident memory while it ran (a resumed phase: this run's part).
+    wall_s: float = float("nan")
+    peak_rss_gb: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         return {"best_epoch": self.best_epoch, "val_acc": self.best["val_acc"],
                 "test_acc": self.best["test_acc"], "test_acc_last": self.last["test_acc"],
-                "val_acc_last": self.last["val_acc"]}
+                "val_acc_last": self.last["val_acc"], "epochs_run": len(self.history),
+                "wall_s": self.wall_s, "peak_rss_gb": self.peak_rss_gb}
 
 
 def _checkpoint(phase: Phase, epoch: int, best: dict, best_state: dict, history: list) -> dict:
@@ -117,7 +126,8 @@ def _finished(phase: Phase, run_dir: Path, say: Callable[[str], None]) -> PhaseR
     saved, state = json.loads(done), load_torch_bytes(weights)
     for key, module in phase.modules.items():
         module.load_state_dict(state[key])
-    return PhaseResult(saved["best_epoch"], saved["best"], saved["last"], saved["history"])
+    return PhaseResult(saved["best_epoch"], saved["best"], saved["last"], saved["history"],
+                       saved.get("wall_s", float("nan")), saved.get("peak_rss_gb", float("nan")))
 
 
 def _resume_point(phase: Phase, run_dir: Path, ckpt_file: Path,
@@ -146,6 +156,13 @@ def _likely_cause(phase: Phase, term: str, history: list[dict[str, float]]) -> s
         return f"a constant of {term!r} ({', '.join(constants)}; e.g. a temperature), " \
                f"non-finite input features, or {lr}"
     return f"non-finite input features, or {lr}"
+
+
+def _out_of_patience(phase: Phase, epoch: int, best: dict) -> bool:
+    """Whether ``patience`` epochs have passed since the best validation score (a resumed
+    phase knows its best epoch from the checkpoint, so the count carries over)."""
+    return phase.patience is not None and "epoch" in best and \
+        epoch - best["epoch"] > phase.patience
 
 
 def _check_finite(phase: Phase, epoch: int, losses: dict[str, float],
@@ -185,8 +202,15 @@ def fit(phase: Phase, run_dir: Path, log_dir: Path | None, show_progress: bool,
     start, best, best_state, history = _resume_point(phase, run_dir, ckpt_file, say)
 
     log = PhaseLog(log_dir if writes else None, start)
+    started = time.monotonic()
+    reset_peak_rss()
     bar = progress(range(start, phase.epochs), show_progress, phase.name, phase.epochs, start)
     for epoch in bar:
+        if _out_of_patience(phase, epoch, best):
+            if writes:
+                say(f"{phase.name}: stopped after epoch {epoch - 1}: no better validation "
+                    f"score for {phase.patience} epochs (best at epoch {best['epoch']})")
+            break
         losses = phase.train_epoch(epoch)
         _check_finite(phase, epoch, losses, history, ckpt_file)
         if phase.scheduler is not None:
@@ -211,12 +235,15 @@ def fit(phase: Phase, run_dir: Path, log_dir: Path | None, show_progress: bool,
         module.load_state_dict(best_state[key])
     if phase.on_end is not None and writes:
         phase.on_end(log_dir)
-    result = PhaseResult(best["epoch"], best, {k: last[k] for k in metrics}, history)
+    result = PhaseResult(best["epoch"], best,
+                         {k: v for k, v in last.items() if k.endswith("_acc")}, history,
+                         time.monotonic() - started, peak_rss_bytes() / GIB)
     log.hparams(phase.hparams, {"best_val_acc": best["val_acc"], "test_acc": best["test_acc"],
                                 "test_acc_last": last["test_acc"]})
     log.close()
     if writes:
         write_json(done_file, {"best_epoch": result.best_epoch, "best": result.best,
-                               "last": result.last, "history": history})
+                               "last": result.last, "history": history,
+                               "wall_s": result.wall_s, "peak_rss_gb": result.peak_rss_gb})
         ckpt_file.unlink(missing_ok=True)
     return result

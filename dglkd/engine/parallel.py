@@ -1,48 +1,41 @@
-"""Data parallelism over several processes on one host: process group, launcher, DDP, loaders.
+"""Data parallelism inside a rank: process group, DDP, collectives, loaders.
 
-Two ways in, one code path for the training code:
+Two ways start the ranks, one code path for the training code:
 
 * ``torchrun --nproc_per_node N -m dglkd distill CONFIG``: torchrun starts the ranks and
-  sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; each rank calls
-  :func:`setup_from_env` once and :func:`teardown` at the end.
-* ``launch(N, target, args)`` (``dglkd distill CONFIG --nproc N``): this process spawns N
-  ranks with torch.multiprocessing, sets the same variables in each (on 127.0.0.1), calls
-  ``setup_from_env`` before ``target(*args)`` and ``teardown`` after, and supervises them:
-  the first rank to fail stops the others and becomes one :class:`DglkdError` here.
+  sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
+* ``dglkd distill CONFIG --nproc N``: :func:`dglkd.processes.ranks.launch` starts them
+  with the same variables (on 127.0.0.1) under dglkd's one process supervisor.
 
-Inside a rank, :func:`wrap_ddp` makes the model synchronise gradients, :func:`node_loader`
-gives each rank its own share of the seed nodes, and :func:`all_reduce_mean` averages
-per-epoch metrics. With one process all of them are no-ops, so the single-process engine
-can call them unconditionally.
+Each rank calls :func:`setup_from_env` once and :func:`teardown` at the end. Inside a
+rank, :func:`wrap_ddp` makes the model synchronise gradients, :func:`node_loader` gives
+each rank its own share of the seed nodes, and :func:`all_reduce_mean` averages per-epoch
+metrics. With one process all of them are no-ops, so the single-process engine can call
+them unconditionally.
 
 Only one host is supported: DGL's ``use_ddp`` DataLoader splits the seeds among the ranks
 of one machine (it keeps the index tensor in shared memory).
 """
 from __future__ import annotations
 
-import json
-import multiprocessing.connection
 import os
-import pickle
-import signal
-import socket
-import sys
-import tempfile
 import time
-import traceback
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as torch_mp
 from torch import nn
 
+from dglkd import deps
 from dglkd.errors import DglkdError
 
-LOOPBACK = "127.0.0.1"
-# torchrun's contract; launch() sets exactly these in every rank it starts.
+# Set by ``dglkd launch --local`` when several ip_config lines share this host: the
+# machine (ip_config line, partition) a DistDGL trainer belongs to (see
+# dglkd.engine.diststore: DGL finds it from the host's addresses, which cannot tell lines
+# of one host apart).
+MACHINE_ENV = "DGLKD_MACHINE_ID"
+# torchrun's contract; dglkd.processes.ranks.launch sets exactly these in every rank.
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Overrides the default collective timeout when setup_from_env() is not given one (the
 # torchrun path, where nothing else could pass it down).
@@ -51,10 +44,6 @@ TIMEOUT_ENV = "DGLKD_DIST_TIMEOUT_S"
 # long a rank may wait for the slowest peer (evaluation on rank 0, say), so it is generous;
 # under launch() a dead peer is noticed at once by the parent anyway.
 DEFAULT_TIMEOUT_S = 600.0
-# How long a rank asked to stop with SIGTERM gets before SIGKILL.
-DEFAULT_GRACE_S = 5.0
-
-_RESULT_FILE = "result.pt"
 # See teardown(): long enough for gloo's worker threads to take the GIL once, even on a
 # busy machine, and nothing next to a training run.
 _GLOO_SETTLE_S = 0.2
@@ -242,8 +231,7 @@ def node_loader(graph: Any, seeds: torch.Tensor, sampler: Any, batch_size: int,
     every rank, hence disjoint slices drawn from the whole set. The per-epoch shuffle after
     that uses numpy's global generator (seed it, e.g. with ``seed_everything``).
     """
-    import dgl
-
+    dgl = deps.dgl("sampled mini-batches (dgl.dataloading)")
     use_ddp = world().world_size > 1
     seeds = torch.as_tensor(seeds).to(graph.device)  # DGL wants seeds where the graph is
     if use_ddp and shuffle:
@@ -252,274 +240,3 @@ def node_loader(graph: Any, seeds: torch.Tensor, sampler: Any, batch_size: int,
     return dgl.dataloading.DataLoader(graph, seeds, sampler, device=device, use_ddp=use_ddp,
                                       ddp_seed=seed, batch_size=batch_size, shuffle=shuffle,
                                       drop_last=drop_last, num_workers=num_workers)
-
-
-# --------------------------------------------------------------------------------------
-# Launcher: the rank side
-# --------------------------------------------------------------------------------------
-
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _describe(rank: int, exc: BaseException) -> str:
-    if isinstance(exc, DglkdError):
-        return _one_line(str(exc))  # already written for the user
-    if isinstance(exc, KeyboardInterrupt):
-        return f"rank {rank} was interrupted; the other ranks were stopped"
-    if isinstance(exc, SystemExit):
-        return f"rank {rank} called sys.exit({exc.code!r}); the other ranks were stopped"
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return _one_line(f"rank {rank} raised {detail}") + "; the other ranks were stopped"
-
-
-def _die(rank: int, workdir: Path, exc: BaseException) -> None:
-    """Leave the failure for the parent and exit at once.
-
-    ``os._exit`` skips destructors on purpose: tearing down a process group whose peers
-    are still mid-collective can block, and the parent notices a failure only when this
-    process has gone; the kernel closes the sockets, which is what wakes the peers.
-    """
-    record = {"message": _describe(rank, exc), "time": time.time(),
-              "traceback": "".join(traceback.format_exception(exc))}
-    try:
-        (workdir / f"rank{rank}.error.json").write_text(json.dumps(record))
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
-
-
-def _limit_threads(nproc: int) -> None:
-    # N ranks each using every core would oversubscribe the CPU; an explicit
-    # OMP_NUM_THREADS from the user wins (torch already applied it at import).
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
-
-
-def _run_rank(rank: int, nproc: int, port: int, device: str, timeout_s: float | None,
-              target: Callable[..., Any], args: tuple, workdir: str) -> None:
-    """Entry point of one spawned rank (called by torch.multiprocessing as fn(i, *args))."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                       "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": LOOPBACK,
-                       "MASTER_PORT": str(port)})
-    _limit_threads(nproc)
-    try:
-        setup_from_env(device, timeout_s)
-        result = target(*args)
-        if rank == 0:
-            torch.save(result, Path(workdir) / _RESULT_FILE)
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            _die(rank, Path(workdir), exc)
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent
-        _die(rank, Path(workdir), exc)
-    # From here on the rank's work is done: the parent no longer counts a failure of this
-    # rank against the run, and stops it if its shutdown hangs.
-    _finished_marker(Path(workdir), rank).touch()
-    teardown()
-
-
-# --------------------------------------------------------------------------------------
-# Launcher: the parent side
-# --------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now (the OS picks it).
-
-    Another program could take it before rank 0 binds it; that shows up as rank 0 failing
-    with "address already in use", and a new launch picks another port.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _loopback_interface() -> str | None:
-    import psutil  # a dependency of DGL
-
-    for name, addresses in psutil.net_if_addrs().items():
-        if any(a.family == socket.AF_INET and a.address == LOOPBACK for a in addresses):
-            return name
-    return None
-
-
-def _pin_to_loopback() -> dict[str, str]:
-    """Environment that keeps gloo/NCCL's own sockets on loopback.
-
-    MASTER_ADDR only places the rendezvous store; gloo otherwise connects the ranks through
-    the address the host name resolves to. The user's explicit choice is kept.
-    """
-    name = _loopback_interface()
-    if name is None:
-        return {}
-    return {var: name for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
-            if var not in os.environ}
-
-
-def _exit_reason(exitcode: int) -> str:
-    if exitcode < 0:
-        try:
-            return f"signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit code {exitcode}"
-
-
-def _failure_message(failed: list[int], processes: list[Any],
-                     workdir: Path) -> tuple[str, str | None]:
-    """One line for the failure that most likely caused the others, and its traceback.
-
-    A rank that died without a word (a signal, os._exit) is the cause: a peer's death
-    surfaces in the survivors as an exception, not as a silent death. Among ranks that
-    reported an exception, the earliest report wins.
-    """
-    def key(rank: int) -> tuple[int, float]:
-        path = workdir / f"rank{rank}.error.json"
-        if not path.exists():
-            return (0, 0.0)
-        return (1, json.loads(path.read_text())["time"])
-
-    rank = min(failed, key=key)
-    path = workdir / f"rank{rank}.error.json"
-    if path.exists():
-        record = json.loads(path.read_text())
-        return record["message"], record["traceback"]
-    reason = _exit_reason(processes[rank].exitcode)
-    return f"rank {rank} died ({reason}); the other ranks were stopped", None
-
-
-def _finished_marker(workdir: Path, rank: int) -> Path:
-    return workdir / f"rank{rank}.finished"
-
-
-def _supervise(processes: list[Any], workdir: Path, grace_s: float,
-               poll_s: float = 0.5) -> None:
-    """Wait for every rank; at the first one that fails, raise DglkdError.
-
-    A rank fails when it exits non-zero before its target has returned. Once every rank
-    still running has returned from its target, they get ``grace_s`` to shut down; the
-    caller stops whichever is still there (a shutdown hang must not hang the run).
-    """
-    pending = {p.sentinel: rank for rank, p in enumerate(processes)}
-    all_finished_at: float | None = None
-    while pending:
-        # The timeout keeps Ctrl-C and the finished markers seen; an exit wakes this at once.
-        for sentinel in multiprocessing.connection.wait(list(pending), timeout=poll_s):
-            processes[pending.pop(sentinel)].join()
-        failed = [r for r, p in enumerate(processes) if p.exitcode not in (None, 0)
-                  and not _finished_marker(workdir, r).exists()]
-        if failed:
-            message, worker_traceback = _failure_message(failed, processes, workdir)
-            error = DglkdError(message)
-            error.worker_traceback = worker_traceback  # type: ignore[attr-defined]
-            raise error
-        if all(_finished_marker(workdir, r).exists() for r in pending.values()):
-            all_finished_at = all_finished_at or time.monotonic()
-            if time.monotonic() - all_finished_at > grace_s:
-                return
-
-
-def _descendants(pid: int) -> list[Any]:
-    import psutil
-
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _stop(processes: list[Any], grace_s: float) -> None:
-    """SIGTERM every rank still alive (and what it started), SIGKILL after ``grace_s``."""
-    import psutil
-
-    alive = [p for p in processes if p.is_alive()]
-    # A rank's own children (DataLoader workers) are collected before the rank goes:
-    # afterwards they are no longer findable as its descendants.
-    children = [c for p in alive for c in _descendants(p.pid)]
-    for p in alive:
-        p.terminate()
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.Error:
-            pass
-    deadline = time.monotonic() + grace_s
-    for p in alive:
-        p.join(max(0.0, deadline - time.monotonic()))
-    _, stubborn = psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
-    for p in alive:
-        if p.is_alive():
-            p.kill()
-        p.join()
-    for child in stubborn:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(stubborn, timeout=grace_s)
-
-
-def _check_launch(nproc: int, device: str) -> None:
-    if nproc < 1:
-        raise DglkdError(f"nproc: must be at least 1 (got {nproc})")
-    if nproc > 1 and ((dist.is_available() and dist.is_initialized())
-                      or "WORLD_SIZE" in os.environ):
-        raise DglkdError("nproc: this process is already one rank of a distributed run "
-                         "(torchrun?); use either torchrun or --nproc, not both")
-    if torch.device(device).type == "cuda" and nproc > 1:
-        count = torch.cuda.device_count()
-        if count < nproc:
-            raise DglkdError(f"nproc: {nproc} ranks on {device} need one GPU each; "
-                             f"{count} visible")
-
-
-def launch(nproc: int, target: Callable[..., Any], args: Sequence[Any] = (),
-           device: str | torch.device = "cpu", timeout_s: float | None = None,
-           grace_s: float = DEFAULT_GRACE_S) -> Any:
-    """Run ``target(*args)`` in ``nproc`` ranks on this host; return rank 0's return value.
-
-    Ranks are spawned (not forked: CUDA and DGL's threads do not survive a fork), so
-    ``target`` must be a module-level function and ``args`` picklable. Each rank joins the
-    process group (:func:`setup_from_env`, on 127.0.0.1) before ``target`` and leaves it
-    after; ``device`` is the configured device, each rank's own comes from
-    ``local_device(device)``. Rank 0's return value travels back through ``torch.save``
-    (tensors come back on the CPU).
-
-    The first rank to fail stops the others (SIGTERM, SIGKILL after ``grace_s``) and is
-    raised here as one :class:`DglkdError` line: a ``DglkdError`` raised in a rank keeps its
-    message; another exception reads "rank R raised Type: message; …"; a death reads
-    "rank R died (exit code X / signal NAME); the other ranks were stopped". The full
-    traceback, when there is one, is on the error's ``worker_traceback``. Ctrl-C here
-    stops every rank too. ``nproc=1`` runs ``target`` in this process, without a group.
-    """
-    device = str(device)
-    _check_launch(nproc, device)
-    if nproc == 1:
-        return target(*args)
-    with tempfile.TemporaryDirectory(prefix="dglkd-launch-") as tmp:
-        workdir = Path(tmp)
-        saved_env = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
-        # Spawned children copy this process's environment as it is when they start.
-        os.environ.update(_pin_to_loopback())
-        try:
-            context = torch_mp.start_processes(
-                _run_rank, args=(nproc, free_port(), device, timeout_s, target, tuple(args), tmp),
-                nprocs=nproc, join=False, start_method="spawn")
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            # Spawn pickles the target before it starts a process, so none was started.
-            raise DglkdError(f"launch: the target and its args must be picklable (a module-"
-                             f"level function): {_one_line(str(exc))}") from None
-        finally:
-            for name, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-        try:
-            _supervise(context.processes, workdir, grace_s)
-        finally:
-            _stop(context.processes, grace_s)  # also on Ctrl-C and on the first failure
-        result = workdir / _RESULT_FILE
-        return torch.load(result, map_location="cpu") if result.exists() else None

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from dglkd import deps
 from dglkd.errors import DglkdError, quoted
 
 METHODS = ("metis", "random")
@@ -37,7 +38,7 @@ def halo_hops(config: Any) -> int:
 
 def metis_available() -> bool:
     """Whether this DGL build can run METIS (some CPU wheels are built without it)."""
-    import dgl
+    dgl = deps.dgl("dglkd partition")
 
     try:
         dgl.metis_partition_assignment(dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0])), 2)
@@ -48,7 +49,7 @@ def metis_available() -> bool:
 
 def prepared_graph(config: Any) -> tuple[Any, Any]:
     """The config's graph as the engine trains on it, and the task it came from."""
-    import dgl
+    dgl = deps.dgl("dglkd partition")
 
     from dglkd.engine.tasks import load_task
     from dglkd.models.gnn import attach_out_degrees
@@ -89,7 +90,7 @@ def partition(config: Any, parts: int, out: str | Path, method: str = "metis",
     message. Halo nodes are kept for as many hops as the deepest GNN of the config has
     layers, so each partition holds the neighbourhoods its training nodes sample.
     """
-    import dgl
+    dgl = deps.dgl("dglkd partition")
 
     if parts < 1:
         raise DglkdError(f"--parts: {parts}; give 1 or more partitions")

@@ -27,8 +27,22 @@ def summarize_role(model: str, params: int, runs: list[dict[str, Any]]) -> dict[
     out: dict[str, Any] = {"model": model, "params": params}
     for metric in ("test_acc", "test_acc_last", "val_acc"):
         out[metric], out[f"{metric}_std"] = mean_std([r[metric] for r in runs])
+    # What a phase costs: mean wall time, the largest peak memory over the seeds.
+    out["wall_s"] = mean_std([r.get("wall_s", math.nan) for r in runs])[0]
+    out["peak_rss_gb"] = max((r["peak_rss_gb"] for r in runs
+                              if not math.isnan(r.get("peak_rss_gb", math.nan))),
+                             default=math.nan)
     out["runs"] = runs
     return out
+
+
+def _costs(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """One line: each role's mean wall time and peak resident memory per phase."""
+    parts = [f"{title} {row['wall_s']:.1f} s, {row['peak_rss_gb']:.2f} GB"
+             for title, row in rows.items()
+             if not math.isnan(row.get("wall_s", math.nan))]
+    return ["", "Per phase (mean wall time, peak resident memory): " + "; ".join(parts) + "."] \
+        if parts else []
 
 
 def _pct(mean: float, std: float) -> str:
@@ -52,6 +66,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"(`{results['formula']}`), {results['n_runs']} seed(s) {results['seeds']}", "",
              TABLE_HEAD[0].format(first="role"), TABLE_HEAD[1]]
     lines += [_row(ROLE_TITLES[role], results[role]) for role in ROLES if results.get(role)]
+    lines += _costs({role: results[role] for role in ROLES if results.get(role)})
     inference = results.get("inference")
     if inference:
         lines += ["", f"Inference for the same {inference['targets']} "
@@ -75,6 +90,7 @@ def comparison_markdown(results: dict[str, Any]) -> str:
              f"dataset `{results['dataset']}`, same teacher and seeds {results['seeds']} "
              "for every method", "", TABLE_HEAD[0].format(first="method"), TABLE_HEAD[1]]
     lines += [_row(label, row) for label, row in results["methods"].items()]
+    lines += _costs(results["methods"])
     lines += ["", "Objectives and the constants each ran with:"] + [
         f"- {label}: `{row['formula']}` — {_constants(row.get('constants', {}))}"
         for label, row in results["methods"].items() if row["formula"]]

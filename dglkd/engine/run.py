@@ -2,6 +2,7 @@
 seed, then results.json / results.md, TensorBoard logs and the config beside them."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from dglkd.config import Config, ModelConfig, TrainConfig, dump_config, load_config
 from dglkd.engine.backends import Backend, make_backend
-from dglkd.engine.cache import TeacherCache, matches, teacher_key
+from dglkd.engine.cache import TeacherArtifact, TeacherCache, matches, teacher_key
 from dglkd.engine.env import environment, resolve_device, seed_everything
 from dglkd.engine.io import (MANIFEST, load_torch_bytes, new_run_dir, remove_stray_tmp,
                              remove_unstarted, save_torch, track, verified_bytes, write_json,
@@ -17,7 +18,7 @@ from dglkd.engine.io import (MANIFEST, load_torch_bytes, new_run_dir, remove_str
 from dglkd.engine.loop import PhaseResult, fit
 from dglkd.engine.parallel import broadcast, is_main, local_device
 from dglkd.engine.results import summarize_role, write_comparison, write_results
-from dglkd.engine.step import make_phase, pretrain
+from dglkd.engine.step import batch_terms, make_phase, pretrain, teacher_knowledge
 from dglkd.errors import DglkdError, quoted
 from dglkd.methods import Recipe
 from dglkd.methods.base import METHODS
@@ -73,6 +74,15 @@ def run_config(run_dir: str | Path, command: str = "--resume") -> Config:
     return load_config(run_dir / "config.yaml")
 
 
+@dataclass
+class Teacher:
+    """A trained teacher of one seed: the model, its phase result and its cache artifact."""
+
+    model: nn.Module
+    result: dict[str, Any]
+    artifact: TeacherArtifact
+
+
 class Experiment:
     """One config in one run folder."""
 
@@ -119,12 +129,44 @@ class Experiment:
 
     # -- phases ------------------------------------------------------------------------
     def objective(self, recipe: dict[str, Any], key: str, student: nn.Module,
-                  teacher: nn.Module | None) -> Recipe:
-        context = self.backend.method_context(student, teacher)
+                  teacher: Teacher | None) -> Recipe:
+        context = (self.backend.method_context(student, teacher.model, teacher.artifact)
+                   if teacher is not None else self.backend.method_context(student, None))
         return build_recipe(recipe_spec(recipe, key), context, key).to(self.device)
 
+    # -- the start-up check ------------------------------------------------------------
+    def check(self, roles: dict[str, tuple[dict[str, Any], str]]) -> None:
+        """Before anything trains: the teacher's phase and each student role's (``roles``:
+        role → (recipe, config key)) built with untrained models and stepped once, forward
+        and backward, on a small batch of the phase's kind, the teacher's knowledge of it
+        computed on the spot. A combination of batch modes, models and methods that cannot
+        run is refused in one line within seconds, not after the teacher has trained."""
+        cfg = self.config
+        self.backend.load(cfg.seed)
+        teacher = self.backend.new_model(cfg.teacher, "teacher")
+        self._check_phase(teacher, TEACHER_RECIPE, "teacher", None, cfg.teacher_train)
+        for recipe, key in roles.values():
+            student = self.backend.new_model(cfg.student, "student")
+            self._check_phase(student, recipe, key, teacher, cfg.train)
+
+    def _check_phase(self, model: nn.Module, recipe: dict[str, Any], key: str,
+                     teacher: nn.Module | None, train_cfg: TrainConfig) -> None:
+        context = self.backend.probe_context(model, teacher)
+        objective = build_recipe(recipe_spec(recipe, key), context, key).to(self.device)
+        if objective.pretrain_epochs() and teacher is None:
+            raise DglkdError(f"{key}: {objective.name!r} has a first stage on the teacher; "
+                             "it needs one")
+        reads = teacher if objective.needs_teacher else None
+        names = objective.required_features()[1] if reads is not None else []
+        batch = self.backend.probe_batch(model, train_cfg, reads, names,
+                                         objective.reads_graph())
+        objective.set_epoch(0)
+        objective.backward(batch_terms(batch, model, objective, teacher), model)
+        if objective.pretrain_epochs():
+            objective.pretrain_terms(teacher_knowledge(batch, teacher, names), batch.index)
+
     def _fit(self, phase_name: str, model: nn.Module, objective: Recipe,
-             teacher: nn.Module | None, train_cfg: TrainConfig,
+             teacher: Teacher | None, train_cfg: TrainConfig,
              side: ModelConfig) -> PhaseResult:
         """Train one phase (after the objective's first stage, if it has one)."""
         hparams = {"phase": phase_name, "model": side.model, "method": objective.name,
@@ -132,35 +174,35 @@ class Experiment:
                    **{f"method.{label}.{k}": v for label, constants in
                       objective.constants().items() for k, v in constants.items()},
                    "epochs": train_cfg.epochs, "lr": train_cfg.lr}
-        knowledge = self.backend.teacher_knowledge(teacher, objective) if teacher else None
+        knowledge, frozen = None, None
+        if teacher is not None:
+            knowledge = self.backend.teacher_knowledge(teacher.model, objective, teacher.artifact)
+            frozen = teacher.model
         generator = self.backend.generator()
         with_graph = objective.reads_graph()
         batches = self.backend.batches(model, train_cfg, knowledge, generator, with_graph)
         if objective.pretrain_epochs():
-            if teacher is None:
-                raise DglkdError(f"method: {objective.name!r} has a first stage on the "
-                                 "teacher; it needs one")
             pretrain(objective, self.backend.batches(model, self.config.train, knowledge,
                                                      self.backend.generator(), with_graph),
-                     teacher, self.config.train)
+                     frozen, self.config.train)
         phase = make_phase(phase_name, model, objective, batches, train_cfg,
-                           lambda: self.backend.evaluate(model), teacher=teacher,
+                           lambda: self.backend.evaluate(model), teacher=frozen,
                            generator=generator, hparams=hparams,
-                           on_end=self.backend.projector(model, objective, teacher))
+                           on_end=self.backend.projector(model, objective, frozen))
         result = fit(phase, self.run_dir, self.tb_dir(phase_name), self.config.log.progress)
         self.say(f"  {phase_name}: best val {result.best['val_acc']:.4f} at epoch "
                  f"{result.best_epoch} → test {result.best['test_acc']:.4f} "
                  f"(last epoch test {result.last['test_acc']:.4f})")
         return result
 
-    def teacher(self, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    def teacher(self, seed: int) -> Teacher:
         """The trained teacher of this seed: from the cache when its key matches."""
         cfg = self.config
         key = teacher_key(cfg.data.applicable(), cfg.teacher.model_dump(mode="json"),
                           cfg.teacher_train.model_dump(mode="json"), seed)
         seed_everything(seed)
         model = self.backend.new_model(cfg.teacher, "teacher")
-        self.backend.teacher_store = self.cache.soft_labels(key)
+        artifact = self.cache.artifact(key)
         entry = self.cache.load(key, self.say)
         if entry is not None:
             model.load_state_dict(entry["state"])
@@ -170,7 +212,7 @@ class Experiment:
                 if is_main():
                     save_torch({"model": entry["state"]},
                                self.run_dir / "models" / f"teacher_seed{seed}.pt")
-                return model, entry["result"]
+                return Teacher(model, entry["result"], artifact)
             self.say(f"teacher seed {seed}: cache entry does not reproduce its outputs; "
                      "retraining from a fresh initialisation")
             seed_everything(seed)  # never from the entry's weights, just loaded above
@@ -184,9 +226,9 @@ class Experiment:
         logits = self.backend.cache_logits(model)
         if is_main():
             self.cache.save(key, model.state_dict(), logits, result)
-        return model, result
+        return Teacher(model, result, artifact)
 
-    def student(self, role: str, seed: int, teacher: nn.Module, recipe: dict[str, Any],
+    def student(self, role: str, seed: int, teacher: Teacher, recipe: dict[str, Any],
                 key: str = "method") -> tuple[nn.Module, Recipe, dict]:
         """Train a student named ``role`` with the objective ``recipe`` (a config section)."""
         seed_everything(seed)
@@ -198,21 +240,21 @@ class Experiment:
                            self.config.student).summary()
         return model, objective, result
 
-    def teachers(self, seed: int, runs: dict[str, list]) -> nn.Module:
+    def teachers(self, seed: int, runs: dict[str, list]) -> Teacher:
         """Load the data of ``seed`` and its teacher; its scores go to ``runs["teacher"]``
         and, with ``teacher_refine``, its refined predictions' to ``runs["refined_teacher"]``."""
         self.backend.load(seed)
-        teacher, result = self.teacher(seed)
-        runs["teacher"].append(result)
+        teacher = self.teacher(seed)
+        runs["teacher"].append(teacher.result)
         if self.config.teacher_refine is not None:
-            refined = self.backend.refined_teacher(teacher)
+            refined = self.backend.refined_teacher(teacher.model, teacher.artifact)
             self.say(f"  teacher seed {seed} + correct and smooth: val {refined['val_acc']:.4f}"
                      f" → test {refined['test_acc']:.4f}")
             runs.setdefault(REFINED, []).append(refined)
         return teacher
 
-    def _teacher_rows(self, teacher: nn.Module, runs: dict[str, list]) -> dict[str, Any]:
-        params = count_parameters(teacher)
+    def _teacher_rows(self, teacher: Teacher, runs: dict[str, list]) -> dict[str, Any]:
+        params = count_parameters(teacher.model)
         model = self.config.teacher.model
         return {role: summarize_role(model if role == "teacher" else f"{model} + C&S", params,
                                      runs[role])
@@ -220,25 +262,27 @@ class Experiment:
 
     # -- whole runs --------------------------------------------------------------------
     def train_teachers(self) -> dict[str, Any]:
+        self.check({})
         runs: dict[str, list] = {"teacher": []}
         for seed in self.config.seeds():
             teacher = self.teachers(seed, runs)
         return self._finish({**self._header(), **self._teacher_rows(teacher, runs)})
 
     def distill(self) -> dict[str, Any]:
+        self.check({role: (recipe, "method") for role, recipe in self._student_roles().items()})
         roles: dict[str, list] = {"teacher": [], "baseline": [], "student": []}
         models: dict[str, nn.Module] = {}
         for seed in self.config.seeds():
-            models["teacher"] = self.teachers(seed, roles)
+            teacher = self.teachers(seed, roles)
             for role, recipe in self._student_roles().items():
-                models[role], _, result = self.student(role, seed, models["teacher"], recipe)
+                models[role], _, result = self.student(role, seed, teacher, recipe)
                 roles[role].append(result)
-        results = {**self._header(), **self._teacher_rows(models["teacher"], roles)}
+        results = {**self._header(), **self._teacher_rows(teacher, roles)}
         for role in ("baseline", "student"):
             if roles[role]:
                 results[role] = summarize_role(self.config.student.model,
                                                count_parameters(models[role]), roles[role])
-        results["inference"] = self.backend.inference(models["teacher"], models["student"],
+        results["inference"] = self.backend.inference(teacher.model, models["student"],
                                                       self.config.seed)
         return self._finish(results)
 
@@ -249,6 +293,7 @@ class Experiment:
     def compare(self, labels: list[str]) -> dict[str, Any]:
         """Train the student with each method on the same teachers and seeds."""
         variants = method_variants(self.config, labels)
+        self.check({label: (recipe, f"compare.{label}") for label, recipe in variants.items()})
         runs: dict[str, list] = {"teacher": [], **{label: [] for label in variants}}
         params: dict[str, int] = {}
         constants: dict[str, Any] = {}

@@ -181,7 +181,7 @@ def make_phase(name: str, model: nn.Module, objective: Recipe, batches: BatchSou
                  lambda epoch: train_epoch(batches(), trained, objective, optimizer, teacher,
                                            epoch, forward),
                  _main_evaluates(evaluate), generator=generator, hparams=hparams or {},
-                 on_end=on_end)
+                 on_end=on_end, patience=cfg.patience)
 
 
 def pretrain(objective: Recipe, batches: BatchSource, teacher: nn.Module,

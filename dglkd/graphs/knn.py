@@ -17,15 +17,22 @@ such nodes then lose a *random* edge (``sample_neighbors``); ``segmented_knn_gra
 caps k at the smallest segment for every segment; and ties follow ``topk``'s
 unspecified order, so no dense path could be guaranteed to pick the same neighbours. On
 tie-free inputs with self included the graph here equals ``dgl.knn_graph``'s (tested).
+
+Only :func:`knn_instance_graph` needs DGL (imported when it is called).
 """
 from __future__ import annotations
 
-import dgl
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dglkd import deps
 from dglkd.errors import DglkdError, quoted
+
+if TYPE_CHECKING:
+    import dgl
 
 METRICS = ("cosine", "euclidean")
 
@@ -80,6 +87,7 @@ def knn_instance_graph(
         targets.append(nodes.repeat_interleave(index.shape[1]))
         edge_counts.append(index.numel())
         start += size
+    dgl = deps.dgl("a kNN instance graph as a DGLGraph (graph_backend: dgl)")
     graph = dgl.graph((torch.cat(sources), torch.cat(targets)), num_nodes=len(x))
     if segments is not None:
         graph.set_batch_num_nodes(torch.tensor(sizes, dtype=torch.int64, device=x.device))

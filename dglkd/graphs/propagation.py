@@ -14,17 +14,26 @@ Only the labels of ``label_mask`` are read (in dglkd the training labels, never 
 validation or test ones), so a refined teacher is still chosen and scored fairly. dglkd uses
 it to give a graph-free student a stronger teacher: the graph is read while the teacher's
 soft labels are made, never when the student predicts.
+
+DGL is imported when the refinement runs, so the config can hold :class:`CorrectSmoothParams`
+without it.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dgl
 import pydantic
 import torch
 from torch import Tensor
 
+from dglkd import deps
 from dglkd.errors import DglkdError
+
+if TYPE_CHECKING:
+    import dgl
+
+# What a refinement without DGL is refused as.
+_NEEDS_DGL = "teacher_refine (Correct and Smooth)"
 
 
 class CorrectSmoothParams(pydantic.BaseModel):
@@ -56,7 +65,7 @@ def correct_and_smooth(graph: dgl.DGLGraph, probs: Tensor, labels: Tensor, label
         raise DglkdError("correct_and_smooth: no labelled nodes to propagate from")
     # Self-loops would let every node keep part of its own value at each step, on top of
     # the (1 - α) restart the method already has.
-    graph = dgl.remove_self_loop(graph)
+    graph = deps.dgl(_NEEDS_DGL).remove_self_loop(graph)
     truth = torch.nn.functional.one_hot(labels.long(), probs.shape[1]).to(probs)
     residual = torch.zeros_like(probs)
     residual[label_mask] = truth[label_mask] - probs[label_mask]
@@ -73,7 +82,7 @@ def _propagate(graph: dgl.DGLGraph, values: Tensor, alpha: float,
                params: CorrectSmoothParams) -> Tensor:
     if alpha == 0:
         return values
-    spread = dgl.nn.LabelPropagation(params.steps, alpha, norm_type=params.norm, clamp=False)
+    spread = deps.dgl(_NEEDS_DGL).nn.LabelPropagation(params.steps, alpha, norm_type=params.norm, clamp=False)
     return spread(graph, values)
 
 

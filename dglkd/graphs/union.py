@@ -1,10 +1,33 @@
-"""Union of two graphs over the same nodes (LSP's dynamic graphs: teacher's ∪ student's)."""
+"""Union of two graphs over the same nodes (LSP's dynamic graphs: teacher's ∪ student's).
+
+:func:`union_edges` works on edge lists in pure torch; :func:`union_graph` applies it to two
+DGLGraphs (DGL imported when it is called).
+"""
 from __future__ import annotations
 
-import dgl
-import torch
+from typing import TYPE_CHECKING
 
+import torch
+from torch import Tensor
+
+from dglkd import deps
 from dglkd.errors import DglkdError
+
+if TYPE_CHECKING:
+    import dgl
+
+
+def union_edges(edges1: tuple[Tensor, Tensor], edges2: tuple[Tensor, Tensor],
+                num_nodes: int) -> tuple[Tensor, Tensor]:
+    """``(src, dst)`` of every edge of either ``(src, dst)`` list, each once, grouped by
+    destination node and by source within it (int64, on the first list's device)."""
+    src1, dst1 = edges1
+    src2, dst2 = (t.to(src1.device) for t in edges2)
+    src = torch.cat([src1, src2]).long()
+    dst = torch.cat([dst1, dst2]).long()
+    # One integer per edge, destination first, so unique() both dedups and groups.
+    keys = torch.unique(dst * num_nodes + src)
+    return keys % num_nodes, torch.div(keys, num_nodes, rounding_mode="floor")
 
 
 def union_graph(g1: dgl.DGLGraph, g2: dgl.DGLGraph) -> dgl.DGLGraph:
@@ -13,18 +36,13 @@ def union_graph(g1: dgl.DGLGraph, g2: dgl.DGLGraph) -> dgl.DGLGraph:
     Edges come out grouped by destination node. A batch structure shared by both inputs
     (same ``batch_num_nodes``) is kept.
     """
+    dgl = deps.dgl("union_graph (a DGLGraph)")
     n = g1.num_nodes()
     if g2.num_nodes() != n:
         raise DglkdError(
             f"union_graph: both graphs need the same nodes, got {n} and {g2.num_nodes()}"
         )
-    src1, dst1 = g1.edges()
-    src2, dst2 = (t.to(src1.device) for t in g2.edges())
-    src = torch.cat([src1, src2]).long()
-    dst = torch.cat([dst1, dst2]).long()
-    # One integer per edge, destination first, so unique() both dedups and groups.
-    keys = torch.unique(dst * n + src)
-    graph = dgl.graph((keys % n, torch.div(keys, n, rounding_mode="floor")), num_nodes=n)
+    graph = dgl.graph(union_edges(g1.edges(), g2.edges(), n), num_nodes=n)
     _keep_batches(graph, g1, g2)
     return graph
 

@@ -1,15 +1,18 @@
-"""Holistic knowledge distillation (HKD)."""
+"""Holistic knowledge distillation (HKD).
+
+On kNN instance graphs with the TAGConv encoder (the default) HKD runs in pure torch; DGL
+is imported only for the other encoders, the batch's own graph or ``graph_backend: dgl``.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-import dgl
-import dgl.nn as dglnn
 import pydantic
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dglkd import deps
 from dglkd.errors import DglkdError
 from dglkd.graphs import dense_knn_index, knn_instance_graph, mean_aggregate_dense
 from dglkd.methods.base import DistillBatch, MethodContext, register_method, require_graph
@@ -46,12 +49,27 @@ class HKDParams(ContrastiveParams):
         1.0, ge=0.0, le=1.0, description="memory share of the individual term's positive")
 
 
-_CONVS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "tagconv": lambda dim, hops, heads: dglnn.TAGConv(dim, dim, k=hops),
-    "graphconv": lambda dim, hops, heads: dglnn.GraphConv(dim, dim, allow_zero_in_degree=True),
-    "sage": lambda dim, hops, heads: dglnn.SAGEConv(dim, dim, "mean"),
-    "gat": lambda dim, hops, heads: dglnn.GATConv(dim, dim, heads, allow_zero_in_degree=True),
-}
+def _dgl_conv(kind: str, dim: int, hops: int, heads: int, what: str) -> nn.Module:
+    dglnn = deps.dgl(what).nn
+    if kind == "tagconv":
+        return dglnn.TAGConv(dim, dim, k=hops)
+    if kind == "graphconv":
+        return dglnn.GraphConv(dim, dim, allow_zero_in_degree=True)
+    if kind == "sage":
+        return dglnn.SAGEConv(dim, dim, "mean")
+    return dglnn.GATConv(dim, dim, heads, allow_zero_in_degree=True)
+
+
+class TAGWeights(nn.Module):
+    """The parameters of ``dgl.nn.TAGConv(dim, dim, k=hops)`` without DGL: one
+    ``lin`` over the ``hops + 1`` concatenated propagation steps, initialised as TAGConv
+    initialises it (torch's Linear, then Xavier-normal weights with ReLU's gain), so the
+    dense and the DGL encoder share state-dict keys and, from one seed, their weights."""
+
+    def __init__(self, dim: int, hops: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(dim * (hops + 1), dim)
+        nn.init.xavier_normal_(self.lin.weight, gain=nn.init.calculate_gain("relu"))
 
 
 class GraphEncoder(nn.Module):
@@ -60,12 +78,15 @@ class GraphEncoder(nn.Module):
     For TAGConv, :meth:`dense` computes the same thing on a kNN index without DGL: every
     in-degree of a kNN graph is equal, so TAGConv's symmetric normalisation is a mean and
     one hop is ``lin([z ; mean of z over the neighbours])`` with the layer's own weights.
+    ``dense=True`` builds only those weights (:class:`TAGWeights`, no DGL); ``what`` names
+    the setting that needs DGL otherwise, for the error raised without it.
     """
 
-    def __init__(self, kind: str, dim: int, hops: int = 1, heads: int = 1) -> None:
+    def __init__(self, kind: str, dim: int, hops: int = 1, heads: int = 1,
+                 dense: bool = False, what: str = "a dgl.nn graph encoder") -> None:
         super().__init__()
         self.kind, self.hops = kind, hops
-        self.conv = _CONVS[kind](dim, hops, heads)
+        self.conv = TAGWeights(dim, hops) if dense else _dgl_conv(kind, dim, hops, heads, what)
 
     def forward(self, graph: dgl.DGLGraph, z: Tensor) -> Tensor:
         out = self.conv(graph, z)
@@ -118,12 +139,15 @@ class HKD(ContrastiveDistill):
 
     def __init__(self, params: HKDParams, context: MethodContext) -> None:
         super().__init__(params, context)
+        self.dense = self._dense_backend(params)
+        what = (f"method hkd with graph_backend {params.graph_backend!r}, relation "
+                f"{params.relation!r}, encoder {params.encoder!r} (the dense path needs "
+                "relation 'knn', encoder 'tagconv')")
         self.encoder = nn.ModuleDict({
             side: GraphEncoder(params.encoder, params.embed_dim, params.encoder_hops,
-                               params.encoder_heads)
+                               params.encoder_heads, dense=self.dense, what=what)
             for side in SIDES
         })
-        self.dense = self._dense_backend(params)
 
     @staticmethod
     def _dense_backend(params: HKDParams) -> bool:
@@ -183,7 +207,7 @@ class HKD(ContrastiveDistill):
         graph = require_graph(batch, self.name)
         if batch.distill_mask is None:
             return graph
-        return dgl.node_subgraph(graph, batch.distill_mask)
+        return graph.subgraph(batch.distill_mask)
 
     def _graph_term_applies(self, rows: int) -> bool:
         return rows >= (1 if self.params.relation == "native" else self.params.k)

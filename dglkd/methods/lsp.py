@@ -3,28 +3,35 @@
 Cost: no per-edge E × D tensor is ever built. Dot-product kernels (and rbf, through
 ‖a − b‖² = ‖a‖² + ‖b‖² − 2a·b) are one SDDMM forward and two SpMMs backward; the l1
 kernel, which has no such identity, runs block by block. The softmax over in-edges and the
-KL use DGL's edge reductions, with a closed-form gradient.
+KL reduce over each node's in-edges, with a closed-form gradient: with DGL's edge
+reductions on a DGLGraph (the batch's own graph, ``graph_backend: dgl``), with torch's
+scatter reductions on the union of kNN instance graphs held as edge lists (the default for
+image batches: no DGL needed). The kernels are torch's sparse CSR products on both.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
-import dgl
 import pydantic
 import torch
-from dgl.nn.functional import edge_softmax
 from torch import Tensor
 
-from dglkd.graphs import knn_instance_graph, union_graph
+from dglkd import deps
+from dglkd.errors import DglkdError
+from dglkd.graphs import dense_knn_index, knn_instance_graph, union_edges, union_graph
 from dglkd.methods.base import (
     DistillBatch,
     DistillMethod,
+    MethodContext,
     MethodParams,
     register_method,
     require_graph,
 )
+
+if TYPE_CHECKING:
+    import dgl
 
 Kernel = Literal["l1", "linear", "poly", "rbf", "cosine"]
 
@@ -59,6 +66,9 @@ class LSPParams(MethodParams):
     knn_metric: Literal["cosine", "euclidean"] = pydantic.Field(
         "cosine", description="distance of the kNN graphs")
     knn_include_self: bool = pydantic.Field(False, description="self among the k neighbours")
+    graph_backend: Literal["auto", "dense", "dgl"] = pydantic.Field(
+        "auto", description="union_knn: the kNN graphs as torch edge lists (dense, auto) or "
+                            "as DGLGraphs (dgl); a native graph is always a DGLGraph")
 
 
 @dataclass
@@ -84,6 +94,16 @@ class EdgeIndex:
         nodes = torch.arange(graph.num_nodes(), device=in_ptr.device)
         in_dst = nodes.repeat_interleave(in_ptr.diff())
         return cls(graph.num_nodes(), in_ptr, in_src, in_dst, in_eids, out_ptr, out_dst, out_eids)
+
+    @classmethod
+    def grouped(cls, src: Tensor, dst: Tensor, num_nodes: int) -> "EdgeIndex":
+        """The index of edges ``src[e] → dst[e]`` already grouped by destination, sources
+        ascending within it (:func:`dglkd.graphs.union_edges`' order): edge ids are that
+        order, so ``in_eids`` is the identity."""
+        eids = torch.arange(len(src), device=src.device)
+        by_source = torch.sort(src, stable=True).indices
+        return cls(num_nodes, _pointers(dst, num_nodes), src, dst, eids,
+                   _pointers(src, num_nodes), dst[by_source], by_source)
 
     def matrix(self, by: str, values: Tensor) -> Tensor:
         """Sparse N × N CSR matrix with rows = destinations (``by="in"``) or sources
@@ -155,6 +175,12 @@ class _EdgeL1(torch.autograd.Function):
         return grad, None
 
 
+def _pointers(nodes: Tensor, num_nodes: int) -> Tensor:
+    """CSR row pointers of edges grouped by ``nodes``."""
+    counts = torch.bincount(nodes, minlength=num_nodes)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
 def _blocks(edges: EdgeIndex) -> Iterator[tuple[int, Tensor, Tensor]]:
     for lo in range(0, len(edges.in_src), L1_BLOCK):
         yield lo, edges.in_src[lo:lo + L1_BLOCK], edges.in_dst[lo:lo + L1_BLOCK]
@@ -186,15 +212,65 @@ def edge_logits(edges: EdgeIndex, h: Tensor, params: LSPParams) -> Tensor:
     return neg_dist.exp() if params.kernel_as_logit else neg_dist
 
 
-def edge_log_softmax(graph: dgl.DGLGraph, logits: Tensor) -> Tensor:
-    """log softmax of edge logits over each node's in-edges, stable where probabilities
-    underflow (log ∘ edge_softmax is not). No gradient: _InNeighbourKL provides it."""
-    _, dst = graph.edges()
-    peak = dgl.ops.copy_e_max(graph, logits.unsqueeze(1)).squeeze(1)
-    shifted = logits - peak[dst]
-    total = dgl.ops.copy_e_sum(graph, shifted.exp().unsqueeze(1)).squeeze(1)
-    # nodes without in-edges have total 0; the clamp keeps their (unused) log finite
-    return shifted - total.clamp_min(torch.finfo(total.dtype).tiny).log()[dst]
+class InEdges:
+    """Reductions over every node's in-edges, of values given in edge-id order; the two
+    implementations below give the same numbers (to rounding)."""
+
+    num_nodes: int
+    dst: Tensor  # destination node of every edge, in edge-id order
+
+    def max(self, values: Tensor) -> Tensor:
+        """Per node, the largest value of its in-edges (0 without in-edges)."""
+        raise NotImplementedError
+
+    def sum(self, values: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def softmax(self, logits: Tensor) -> Tensor:
+        return self.log_softmax(logits).exp()
+
+    def log_softmax(self, logits: Tensor) -> Tensor:
+        """log softmax of edge logits over each node's in-edges, stable where probabilities
+        underflow (log ∘ softmax is not). No gradient: _InNeighbourKL provides it."""
+        shifted = logits - self.max(logits)[self.dst]
+        total = self.sum(shifted.exp())
+        # nodes without in-edges have total 0; the clamp keeps their (unused) log finite
+        return shifted - total.clamp_min(torch.finfo(total.dtype).tiny).log()[self.dst]
+
+    def has_in_edges(self) -> Tensor:
+        return torch.bincount(self.dst, minlength=self.num_nodes) > 0
+
+
+class DGLInEdges(InEdges):
+    """DGL's edge reductions on a DGLGraph (and DGL's own edge softmax)."""
+
+    def __init__(self, graph: dgl.DGLGraph) -> None:
+        self.dgl = deps.dgl("lsp on a DGLGraph")
+        self.graph, self.num_nodes = graph, graph.num_nodes()
+        self.dst = graph.edges()[1].long()
+
+    def max(self, values: Tensor) -> Tensor:
+        return self.dgl.ops.copy_e_max(self.graph, values.unsqueeze(1)).squeeze(1)
+
+    def sum(self, values: Tensor) -> Tensor:
+        return self.dgl.ops.copy_e_sum(self.graph, values.unsqueeze(1)).squeeze(1)
+
+    def softmax(self, logits: Tensor) -> Tensor:
+        return self.dgl.nn.functional.edge_softmax(self.graph, logits)
+
+
+class TorchInEdges(InEdges):
+    """The same reductions with torch's scatter operations on an edge list."""
+
+    def __init__(self, dst: Tensor, num_nodes: int) -> None:
+        self.dst, self.num_nodes = dst, num_nodes
+
+    def max(self, values: Tensor) -> Tensor:
+        return values.new_zeros(self.num_nodes).scatter_reduce(
+            0, self.dst, values, "amax", include_self=False)
+
+    def sum(self, values: Tensor) -> Tensor:
+        return values.new_zeros(self.num_nodes).index_add(0, self.dst, values)
 
 
 class _InNeighbourKL(torch.autograd.Function):
@@ -203,19 +279,18 @@ class _InNeighbourKL(torch.autograd.Function):
     ∂KL_i/∂ℓ_s,e = p_s,e − p_t,e, cheaper than differentiating the log-softmax."""
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, p_teacher: Tensor, graph: dgl.DGLGraph) -> Tensor:
-        log_p_student = edge_log_softmax(graph, logits)
+    def forward(ctx: Any, logits: Tensor, p_teacher: Tensor, in_edges: InEdges) -> Tensor:
+        log_p_student = in_edges.log_softmax(logits)
         # xlogy: an underflowed teacher probability contributes 0, not 0 · log 0
         per_edge = torch.xlogy(p_teacher, p_teacher) - p_teacher * log_p_student
         ctx.save_for_backward(log_p_student, p_teacher)
-        ctx.graph = graph
-        return dgl.ops.copy_e_sum(graph, per_edge.unsqueeze(1)).squeeze(1)
+        ctx.dst = in_edges.dst
+        return in_edges.sum(per_edge)
 
     @staticmethod
     def backward(ctx: Any, grad_node: Tensor) -> tuple[Tensor, None, None]:
         log_p_student, p_teacher = ctx.saved_tensors
-        _, dst = ctx.graph.edges()
-        return grad_node[dst] * (log_p_student.exp() - p_teacher), None, None
+        return grad_node[ctx.dst] * (log_p_student.exp() - p_teacher), None, None
 
 
 def local_structure_kl(
@@ -226,16 +301,42 @@ def local_structure_kl(
     ``params.average_over`` is ``with_neighbours``) of KL(S^t_i ‖ S^s_i), where S_i =
     softmax over i's in-neighbours j of kernel(h_i, h_j); a node without in-edges has
     KL 0."""
-    edges = EdgeIndex.of(graph)
+    return structure_kl(EdgeIndex.of(graph), DGLInEdges(graph), student, teacher, params,
+                        node_mask)
+
+
+def structure_kl(edges: EdgeIndex, in_edges: InEdges, student: Tensor, teacher: Tensor,
+                 params: LSPParams, node_mask: Tensor | None = None) -> Tensor:
+    """:func:`local_structure_kl` on a graph given as its edge index and in-edge
+    reductions (a DGLGraph's or an edge list's)."""
     with torch.no_grad():
-        p_teacher = edge_softmax(graph, edge_logits(edges, teacher.flatten(1), params))
+        p_teacher = in_edges.softmax(edge_logits(edges, teacher.flatten(1), params))
     logits = edge_logits(edges, student.flatten(1), params)
-    per_node = _InNeighbourKL.apply(logits, p_teacher, graph)
-    keep = (graph.in_degrees() > 0 if params.average_over == "with_neighbours"
-            else torch.ones(graph.num_nodes(), dtype=torch.bool, device=per_node.device))
+    per_node = _InNeighbourKL.apply(logits, p_teacher, in_edges)
+    keep = (in_edges.has_in_edges() if params.average_over == "with_neighbours"
+            else torch.ones(in_edges.num_nodes, dtype=torch.bool, device=per_node.device))
     if node_mask is not None:
         keep = keep & node_mask
     return per_node[keep].mean() if bool(keep.any()) else per_node.sum() * 0.0
+
+
+def union_knn_kl(student: Tensor, teacher: Tensor, params: LSPParams) -> Tensor:
+    """LSP on the union of the teacher's and the student's kNN graphs, in pure torch: the
+    graphs are :func:`dglkd.graphs.dense_knn_index` neighbour lists (the student's built on
+    its detached features), joined as edge lists; equal to :func:`local_structure_kl` on
+    :func:`dglkd.graphs.union_graph` of the two :func:`dglkd.graphs.knn_instance_graph`."""
+    options = dict(metric=params.knn_metric, include_self=params.knn_include_self)
+    edge_lists = [_knn_edges(dense_knn_index(x, params.k, **options))
+                  for x in (teacher.flatten(1), student.detach().flatten(1))]
+    src, dst = union_edges(*edge_lists, num_nodes=len(student))
+    return structure_kl(EdgeIndex.grouped(src, dst, len(student)),
+                        TorchInEdges(dst, len(student)), student, teacher, params)
+
+
+def _knn_edges(index: Tensor) -> tuple[Tensor, Tensor]:
+    """(src, dst) of a kNN neighbour index: an edge from each neighbour to its node."""
+    nodes = torch.arange(len(index), device=index.device)
+    return index.reshape(-1), nodes.repeat_interleave(index.shape[1])
 
 
 @register_method("lsp")
@@ -260,10 +361,21 @@ class LSP(DistillMethod):
     The graph is ``batch.graph`` (``graph: native``) or, for image batches and other dynamic
     graphs (``graph: union_knn``), the union of the teacher's and the student's k-nearest-
     neighbour instance graphs built on the distilled features, as the paper does for DGCNN.
+    The union is held as torch edge lists (``graph_backend: auto`` or ``dense``, no DGL) or
+    built as DGLGraphs (``dgl``); both give the same loss and gradients.
     """
 
     Params = LSPParams
     paper_recipe = {"ce": 1.0, "lsp": 1.0}
+
+    def __init__(self, params: LSPParams, context: MethodContext) -> None:
+        super().__init__(params, context)
+        if params.graph == "native" and params.graph_backend == "dense":
+            raise DglkdError("method.graph_backend: 'dense' needs graph 'union_knn' (a native "
+                             "graph is a DGLGraph); use 'dgl' or 'auto'")
+        self.dense = params.graph == "union_knn" and params.graph_backend != "dgl"
+        if params.graph == "union_knn" and not self.dense:
+            deps.dgl("method lsp with graph_backend 'dgl'")
 
     def required_features(self) -> tuple[list[str], list[str]]:
         return [self.params.student_feature], [self.params.teacher_feature]
@@ -281,6 +393,8 @@ class LSP(DistillMethod):
             graph = require_graph(batch, self.name)
             return local_structure_kl(graph, student, teacher, self.params, batch.distill_mask)
         student, teacher = batch.distill_rows(student), batch.distill_rows(teacher)
+        if self.dense:
+            return union_knn_kl(student, teacher, self.params)
         graph = self._union_knn(student.detach().flatten(1), teacher.flatten(1))
         return local_structure_kl(graph, student, teacher, self.params)
 

@@ -203,9 +203,11 @@ class ContrastiveParams(MethodParams):
     """Constants shared by CRD and HKD (each sets its own defaults)."""
 
     student_feature: str = pydantic.Field(
-        "pool", description="student feature embedded for the contrast (module path or "
-                            "alias: pool for CNNs, hidden for GNNs/MLPs)")
-    teacher_feature: str = pydantic.Field("pool", description="the teacher's feature, likewise")
+        "hidden", description="student feature embedded for the contrast (module path or "
+                              "alias; hidden: the penultimate feature, a GNN's or MLP's last "
+                              "hidden layer, a CNN's pooled feature)")
+    teacher_feature: str = pydantic.Field("hidden",
+                                          description="the teacher's feature, likewise")
     embed_dim: int = pydantic.Field(128, ge=1, le=65536,
                                     description="width of the l2-normalised embeddings")
     nce_temperature: float = pydantic.Field(0.07, ge=1e-3, le=100,

@@ -10,34 +10,37 @@ out-degrees, so call :func:`attach_out_degrees` on the graph before sampling it.
 ignores the graph (None, a graph or blocks), so it can run on the features of any set of
 nodes alone.
 
+DGL is imported when a GNN is built (:mod:`dglkd.deps`): the MLP, :class:`LayerStack` and
+the registry entries need torch alone, and building a GNN without DGL is a one-line error.
+
 Layers live in ``self.layers`` (``layers.0`` … ``layers.{L-1}``), so a hidden layer's
 pre-activation output can be captured by that path (in block mode: the rows of that
 block's destination nodes); ``feature_aliases`` names ``hidden`` (the last hidden layer)
-for methods that want it without knowing the depth.
-
-:func:`layerwise_inference` computes the logits (and named hidden features) of every node
-of a large graph one layer at a time over node batches, as DGL's ``SAGE.inference`` does.
+for methods that want it without knowing the depth. Every model keeps the engine's
+contract (:class:`dglkd.models.contract.NodeModel`): ``prepare_input`` → per layer
+``apply_layer`` and ``finish_layer`` is its forward pass, so the engine can run it one layer
+at a time over every node of a large graph (:mod:`dglkd.engine.inference`).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
-import dgl
-import dgl.nn as dglnn
 import torch
 from torch import Tensor, nn
 
-from dglkd.progress import progress as progress_bar
+from dglkd import deps
 from dglkd.errors import DglkdError, quoted
 from dglkd.models.registry import (MODELS, Aggregator, Depth, Heads, Norm, Rate, Slope,
                                    Width)
-from dglkd.models.tap import FeatureTap
 from dglkd.resources import TRAINING_BYTES_PER_PARAMETER, check_fits
+
+if TYPE_CHECKING:
+    import dgl
 
 # What a model's ``graph`` argument may be: a whole graph, one block per layer, or None
 # (the MLP only).
-GraphInput = Union[dgl.DGLGraph, Sequence[dgl.DGLGraph], None]
+GraphInput = Union["dgl.DGLGraph", Sequence["dgl.DGLGraph"], None]
 
 # The node field holding the whole graph's out-degrees, carried into every sampled block.
 OUT_DEGREES = "_out_degree"
@@ -72,6 +75,8 @@ class LayerStack(nn.Module):
     """
 
     uses_graph = True
+    # GCN's convolutions divide by the whole graph's out-degrees (see GNN)
+    source_degree_norm = False
     input_columns: Optional[int] = None
 
     def __init__(self, widths: list[int], dropout: float, norm: str,
@@ -202,6 +207,11 @@ def _widths(in_dim: int, hidden: int, num_classes: int, layers: int, heads: int 
     return widths
 
 
+def _dgl_nn(model: str) -> ModuleType:
+    """``dgl.nn``, or the one-line error naming the model that needs it."""
+    return deps.dgl(f"model {model!r} (a dgl.nn GNN)").nn
+
+
 @MODELS.register("mlp")
 def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth = 2,
         dropout: Rate = 0.0, norm: Norm = "none", input_dropout: Rate = 0.0) -> nn.Module:
@@ -214,6 +224,8 @@ def mlp(num_classes: int, in_features: int, hidden: Width = 256, layers: Depth =
 def gcn(num_classes: int, in_features: int, hidden: Width = 64, layers: Depth = 2,
         dropout: Rate = 0.5, norm: Norm = "none") -> nn.Module:
     """Kipf & Welling, ICLR 2017 (``dgl.nn.GraphConv``, symmetric normalisation)."""
+    dglnn = _dgl_nn("gcn")
+
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.GraphConv(a, b, norm="both", allow_zero_in_degree=True)
 
@@ -225,6 +237,8 @@ def gcn(num_classes: int, in_features: int, hidden: Width = 64, layers: Depth = 
 def sage(num_classes: int, in_features: int, hidden: Width = 128, layers: Depth = 2,
          dropout: Rate = 0.5, norm: Norm = "none", aggregator: Aggregator = "mean") -> nn.Module:
     """Hamilton et al., NeurIPS 2017 (``dgl.nn.SAGEConv``); GLNN's teacher."""
+    dglnn = _dgl_nn("sage")
+
     def make_conv(a: int, b: int, _last: bool) -> nn.Module:
         return dglnn.SAGEConv(a, b, aggregator)
 
@@ -236,211 +250,11 @@ def gat(num_classes: int, in_features: int, hidden: Width = 8, layers: Depth = 2
         dropout: Rate = 0.6, norm: Norm = "none", heads: Heads = 8, out_heads: Heads = 1,
         attn_dropout: Rate = 0.6, negative_slope: Slope = 0.2) -> nn.Module:
     """Veličković et al., ICLR 2018 (``dgl.nn.GATConv``); ``hidden`` is the width per head."""
+    dglnn = _dgl_nn("gat")
+
     def make_conv(a: int, b: int, last: bool) -> nn.Module:
         return dglnn.GATConv(a, b, out_heads if last else heads, attn_drop=attn_dropout,
                              negative_slope=negative_slope, allow_zero_in_degree=True)
 
     return GNN(_widths(in_features, hidden, num_classes, layers, heads), dropout, norm,
                make_conv, head_count=heads)
-
-
-def layerwise_inference(model: LayerStack, graph: dgl.DGLGraph | None, feat: Tensor,
-                        batch_size: int, names: Iterable[str] = (),
-                        device: torch.device | str | None = None, out: Any = None,
-                        progress: bool = False) -> tuple[Any, dict[str, Tensor]]:
-    """Logits of every node, and the named hidden features, one layer at a time.
-
-    A GNN runs each layer over batches of ``batch_size`` destination nodes, with blocks from
-    ``dgl.dataloading.MultiLayerFullNeighborSampler(1)`` and ``dgl.dataloading.DataLoader``
-    on ``graph``, and keeps only that layer's input and output for all nodes (as DGL's
-    ``SAGE.inference``), so memory grows with one layer's width, not with the depth. The
-    MLP (``graph`` may be None) just runs over batches of rows of ``feat``. The model runs in
-    eval mode without gradients (each module's mode is restored afterwards) and the result
-    equals ``model(graph, feat)`` in eval mode.
-
-    ``names``: features to capture, each a layer output (``layers.i`` or an alias such as
-    ``hidden``) or ``logits``. ``device``: where batches are computed; the model must
-    already be there (default: the device of its parameters). ``out``: an optional (N, C)
-    array-like that receives the logits rows (a torch tensor, a numpy array or memmap) so
-    no second copy is held. ``progress``: a tqdm bar per layer, on terminals only.
-
-    Returns ``(logits, features)``: ``logits`` is ``out`` when given, else an (N, C) CPU
-    tensor; ``features`` maps each name to an (N, …) CPU tensor shaped as ``FeatureTap``
-    records it (GAT: (N, heads, D)); ``features["logits"]`` is ``logits`` itself.
-    """
-    if not isinstance(model, LayerStack):
-        raise DglkdError(f"model: layer-wise inference needs a dglkd GNN or MLP, "
-                         f"got {type(model).__name__}")
-    names = (names,) if isinstance(names, str) else tuple(names)
-    layer_of = _feature_layers(model, names)
-    _check_inputs(model, graph, feat, batch_size, out)
-    device = _compute_device(model, device, feat)
-    with _eval_mode(model), torch.no_grad():
-        if model.uses_graph:
-            logits, features = _by_layer(model, graph, feat, batch_size, layer_of, device,
-                                         out, progress)
-        else:
-            logits, features = _by_rows(model, feat, batch_size, list(layer_of), device, out,
-                                        progress)
-    if "logits" in names:
-        features["logits"] = logits
-    return logits, features
-
-
-def _feature_layers(model: LayerStack, names: Sequence[str]) -> dict[str, int]:
-    """Each requested name (but ``logits``) → the index of the layer whose output it is."""
-    index = {f"layers.{i}": i for i in range(len(model.layers))}
-    found = {}
-    for name in dict.fromkeys(names):
-        if name == "logits":
-            continue
-        path = model.feature_aliases.get(name, name)
-        if path not in index:
-            known = ["logits", *model.feature_aliases, *index]
-            raise DglkdError(f"names: {name!r} is not a layer output; layer-wise inference "
-                             f"can capture: {', '.join(known)}")
-        found[name] = index[path]
-    return found
-
-
-def _check_inputs(model: LayerStack, graph: dgl.DGLGraph | None, feat: Tensor,
-                  batch_size: int, out: Any) -> int:
-    """The number of nodes, after checking the arguments agree with each other."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DglkdError(f"batch_size: must be a positive integer (got {batch_size!r})")
-    num_nodes = feat.shape[0]
-    if num_nodes < 1:
-        raise DglkdError(f"feat: no rows (shape {tuple(feat.shape)})")
-    if model.uses_graph:
-        if not isinstance(graph, dgl.DGLGraph) or graph.is_block:
-            raise DglkdError(f"graph: layer-wise inference needs a whole DGLGraph, "
-                             f"got {type(graph).__name__}")
-        if graph.num_nodes() != num_nodes:
-            raise DglkdError(f"feat: {num_nodes} rows, but the graph has "
-                             f"{graph.num_nodes()} nodes")
-    expected = (num_nodes, model.widths[-1])
-    if out is not None and tuple(out.shape) != expected:
-        raise DglkdError(f"out: shape {tuple(out.shape)} does not match the logits' {expected}")
-    return num_nodes
-
-
-def _compute_device(model: nn.Module, device: torch.device | str | None,
-                    feat: Tensor) -> torch.device:
-    param = next(model.parameters(), None)
-    home = param.device if param is not None else feat.device
-    if device is None:
-        return home
-    wanted = torch.device(device)
-    # A device given without an index (e.g. plain "cuda") matches any index of its type.
-    if wanted.type != home.type or (wanted.index is not None and home.index is not None
-                                    and wanted.index != home.index):
-        raise DglkdError(f"device: {wanted} differs from the model's {home}; "
-                         "move the model there first")
-    return wanted
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the call, then each module's own mode back (frozen parts stay frozen)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-class _Rows:
-    """Full (N, …) CPU tensors filled batch by batch, allocated once the shape is known."""
-
-    def __init__(self, num_nodes: int) -> None:
-        self.num_nodes = num_nodes
-        self.tensors: dict[str, Tensor] = {}
-
-    def write(self, name: str, rows: slice, value: Tensor) -> None:
-        if name not in self.tensors:
-            self.tensors[name] = torch.empty((self.num_nodes, *value.shape[1:]),
-                                             dtype=value.dtype)
-        self.tensors[name][rows] = value
-
-
-def _write_logits(out: Any, rows: slice, value: Tensor) -> None:
-    """Rows into the caller's array: torch tensors take tensors, anything else numpy."""
-    if isinstance(out, Tensor):
-        out[rows] = value.to(out)
-    else:
-        out[rows] = value.cpu().numpy()
-
-
-def _store_logits(out: Any, buffers: _Rows, rows: slice, value: Tensor) -> None:
-    if out is None:
-        buffers.write("logits", rows, value.cpu())
-    else:
-        _write_logits(out, rows, value)
-
-
-def _by_rows(model: LayerStack, feat: Tensor, batch_size: int, names: list[str],
-             device: torch.device, out: Any, progress: bool) -> tuple[Any, dict[str, Tensor]]:
-    """The graph-free model: rows are independent, so all layers run per batch of rows."""
-    num_nodes = feat.shape[0]
-    buffers, features = _Rows(num_nodes), _Rows(num_nodes)
-    starts = range(0, num_nodes, batch_size)
-    with FeatureTap(model, names) as tap:
-        for start in progress_bar(starts, progress, "inference", total=len(starts)):
-            rows = slice(start, min(start + batch_size, num_nodes))
-            logits = model(None, feat[rows].to(device))
-            for name, value in tap.pop().items():
-                features.write(name, rows, value.cpu())
-            _store_logits(out, buffers, rows, logits)
-    return (out if out is not None else buffers.tensors["logits"]), features.tensors
-
-
-def _sampling_graph(model: GNN, graph: dgl.DGLGraph) -> dgl.DGLGraph:
-    """A view of ``graph`` without its node and edge data (every block would gather them),
-    plus the out-degrees GCN needs; the caller's graph is left untouched."""
-    view = graph.local_var()
-    for frame in (view.ndata, view.edata):
-        for key in list(frame.keys()):
-            frame.pop(key)
-    if getattr(model, "source_degree_norm", False):
-        attach_out_degrees(view)
-    return view
-
-
-def _by_layer(model: LayerStack, graph: dgl.DGLGraph, feat: Tensor, batch_size: int,
-              layer_of: dict[str, int], device: torch.device, out: Any,
-              progress: bool) -> tuple[Any, dict[str, Tensor]]:
-    """One layer at a time for all nodes: its input and output are the only full tensors."""
-    view = _sampling_graph(model, graph)
-    loader = dgl.dataloading.DataLoader(
-        view, torch.arange(view.num_nodes(), dtype=view.idtype, device=view.device),
-        dgl.dataloading.MultiLayerFullNeighborSampler(1), device=device,
-        batch_size=batch_size, shuffle=False, drop_last=False)
-    num_layers, num_nodes = len(model.layers), view.num_nodes()
-    features = _Rows(num_nodes)
-    h = feat
-    for i in range(num_layers):
-        last = i == num_layers - 1
-        outputs = _Rows(num_nodes)
-        tapped = [name for name, layer in layer_of.items() if layer == i]
-        desc = f"inference layer {i + 1}/{num_layers}"
-        with FeatureTap(model, tapped) as tap:
-            for input_nodes, output_nodes, blocks in progress_bar(loader, progress, desc,
-                                                                  total=len(loader)):
-                x = h[input_nodes.to(h.device)].to(device)
-                if i == 0:
-                    x = model.prepare_input(x)
-                y = model.finish_layer(i, model.apply_layer(i, blocks[0], x))
-                # Unshuffled seeds come in order, so each batch is a contiguous row range,
-                # which every array-like (memmaps included) can take without fancy indexing.
-                start = int(output_nodes[0])
-                rows = slice(start, start + len(output_nodes))
-                for name, value in tap.pop().items():
-                    features.write(name, rows, value.cpu())
-                if last:
-                    _store_logits(out, outputs, rows, y)
-                else:
-                    outputs.write("h", rows, y.cpu())
-        h = outputs.tensors.get("logits" if last else "h")
-    return (out if out is not None else h), features.tensors

@@ -110,7 +110,9 @@ class StagedCNN(nn.Module):
         self.pool = GlobalPool()
         self.fc = nn.Linear(width, num_classes)
         self.stage_names = [f"stage{i}" for i in range(1, len(stages) + 1)]
-        self.feature_aliases = {"stem": "stem", "pool": "pool"}
+        # ``hidden`` is the penultimate feature on every model (GNNs: the last hidden
+        # layer), so a method's default feature exists whatever the networks are.
+        self.feature_aliases = {"stem": "stem", "pool": "pool", "hidden": "pool"}
         self.feature_aliases.update({n: f"stages.{i}" for i, n in enumerate(self.stage_names)})
         init_weights(self)
 
