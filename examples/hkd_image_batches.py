@@ -45,7 +45,7 @@ def fit(model: nn.Module, objective: dglkd.Recipe, batches, steps: int,
         teacher: nn.Module | None = None, lr: float = 0.01) -> list[float]:
     """Train ``model`` by ``objective``, one ``objective.step`` per batch (Adam, the
     learning rate annealed to 0 over ``steps``, a cosine); the losses."""
-    student_names, teacher_names = objective.required_features()  # HKD: ["pool"], ["pool"]
+    student_names, teacher_names = objective.required_features()  # HKD: ["hidden"], ["hidden"]
     optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=lr,
                                  weight_decay=5e-4)
     annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)

@@ -85,6 +85,16 @@ def write_config(tmp_path):
     return write
 
 
+# What a phase cost (results.json records it per seed): it differs between two runs of the
+# same phase, so "ends like an uninterrupted run" compares everything else.
+PHASE_COSTS = ("wall_s", "peak_rss_gb")
+
+
+def learned(runs: list[dict]) -> list[dict]:
+    """Per-seed phase summaries without their costs: what the phase learned."""
+    return [{k: v for k, v in run.items() if k not in PHASE_COSTS} for run in runs]
+
+
 def run_cli(*args: object) -> tuple[int, str, str]:
     """Run ``dglkd`` in-process; returns (exit code, stdout, stderr)."""
     from dglkd.cli import main

@@ -156,11 +156,12 @@ def test_hkd_in_a_home_made_cnn_loop_with_iterate_minibatches_learns_mnist(one_t
     objective = dglkd.compose(ce=1.0, kd=1.0, context=context,
                               hkd={"weight": 1.0, "embed_dim": 32, "negatives": "batch"})
     optimizer = torch.optim.Adam([*student.parameters(), *objective.parameters()], 1e-2)
+    student_names, teacher_names = objective.required_features()  # HKD's default: hidden
     for _ in range(8):
         for images, labels, index in iterate_minibatches(task, "train", 32, shuffle=True):
             with torch.no_grad():
-                knowledge = dglkd.capture(teacher.eval(), ["pool"], images)
-            terms = objective(dglkd.capture(student.train(), ["pool"], images), knowledge,
+                knowledge = dglkd.capture(teacher.eval(), teacher_names, images)
+            terms = objective(dglkd.capture(student.train(), student_names, images), knowledge,
                               labels=labels, index=index)
             optimizer.zero_grad()
             sum(terms.values()).backward()

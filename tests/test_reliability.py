@@ -16,7 +16,7 @@ import yaml
 from dglkd.engine.cache import TeacherCache
 from dglkd.engine.loop import CHECKPOINT_HOOKS
 from dglkd.errors import DglkdError
-from tests.conftest import run_cli, small_cora_config
+from tests.conftest import learned, run_cli, small_cora_config
 
 TEACHER_EPOCHS = 20
 
@@ -53,7 +53,7 @@ def _run_dir(out: Path) -> Path:
 
 
 def _teacher_runs(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "results.json").read_text())["teacher"]["runs"]
+    return learned(json.loads((run_dir / "results.json").read_text())["teacher"]["runs"])
 
 
 def _scaled(state: dict, factor: float) -> dict:
