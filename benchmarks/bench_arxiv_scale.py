@@ -1,14 +1,15 @@
 """Full-batch training at ogbn-arxiv's size on this machine (CPU).
 
-A synthetic graph with arxiv's shape (169,343 nodes, ~1.17 M undirected edges, 128
-features, 40 classes) is trained full-batch through dglkd's engine (the whole graph as one
-``Batch``, ``GraphData.full_batch``, in a phase of ``dglkd.engine.step.make_phase``): a GCN
+The synthetic graph of arxiv's shape and difficulty (``dglkd.data.synthetic``: 169,343
+nodes, 1,166,243 undirected edges, 128 features, 40 classes; ``--scale`` for a share of
+them) is trained full-batch through dglkd's engine (``GraphBackend.batches`` without a
+batch size: the whole graph as one ``Batch``, in a phase of ``dglkd.engine.step.make_phase``): a GCN
 teacher (3×256) on labels (``ce``), then an MLP student (3×256) with GLNN (``glnn``, λ = 0)
 on the teacher's soft labels. Each role runs in its own process so its peak memory is its
 own. Prints seconds per epoch (train step + evaluation), peak resident memory, and the
-GNN-vs-MLP inference speedup for the same 1,024 nodes.
+GNN-vs-MLP inference speedup for the same 1,024 nodes (``GraphBackend.inference``).
 
-    python benchmarks/bench_arxiv_scale.py [--epochs 5] [--nodes N --edges M]
+    python benchmarks/bench_arxiv_scale.py [--epochs 5] [--scale 1.0]
 """
 from __future__ import annotations
 
@@ -26,67 +27,74 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(role: str, epochs: int, nodes: int, edges: int) -> dict:
+def _config(epochs: int, scale: float) -> dict:
+    """The run's config: arxiv's shape at ``scale``, OGB's leaderboard GCN and its MLP."""
+    model = {"hidden": 256, "layers": 3, "dropout": 0.5, "norm": "batch"}
+    train = {"epochs": epochs, "lr": 0.01, "weight_decay": 0.0}
+    return {"name": "arxiv_scale", "seed": 0, "n_runs": 1, "device": "cpu",
+            "data": {"name": "synthetic", "like": "ogbn-arxiv", "scale": scale},
+            "teacher": {"model": "gcn", **model}, "teacher_train": train,
+            "student": {"model": "mlp", **model}, "train": train,
+            "method": {"name": "glnn", "lam": 0.0},
+            "log": {"progress": False, "tensorboard": False}}
+
+
+def measure(role: str, epochs: int, scale: float) -> dict:
     import torch
 
-    from dglkd.config import TrainConfig
-    from dglkd.data.synthetic import synthetic_node_graph
-    from dglkd.engine.graph import GraphData, inference_ms, inference_targets
+    from dglkd.config import config_from_dict
+    from dglkd.engine.graph import GraphBackend
     from dglkd.engine.step import make_phase
     from dglkd.methods import compose
-    from dglkd.models import build_model
 
+    config = config_from_dict(_config(epochs, scale))
+    backend = GraphBackend(config, torch.device("cpu"), lambda _message: None)
     torch.manual_seed(0)
-    task = synthetic_node_graph(num_nodes=nodes, num_edges=edges, seed=0)
-    data = GraphData(task, torch.device("cpu"), self_loop=True)
+    backend.load(0)
     loaded_mib = _peak_mib()
-    classes, features = task.num_classes, task.num_features
-    teacher = build_model("gcn", classes, features, hidden=256, layers=3, dropout=0.5,
-                          norm="batch")
-    student = build_model("mlp", classes, features, hidden=256, layers=3, dropout=0.5,
-                          norm="batch")
+    teacher = backend.new_model(config.teacher, "teacher")
+    student = backend.new_model(config.student, "student")
     if role == "teacher":
         model, objective, knowledge = teacher, compose(ce=1.0), None
     else:
-        model, objective = student, compose(glnn={"lam": 0.0}, context=classes)
-        knowledge = data.knowledge(teacher, [])
-    batch = data.full_batch(knowledge)  # the whole graph, one step per epoch
-    phase = make_phase(role, model, objective, lambda: iter([batch]),
-                       TrainConfig(epochs=epochs), lambda: data.evaluate(model))
+        model = student
+        objective = compose(glnn={"lam": 0.0}, context=backend.num_classes)
+        knowledge = backend.knowledge(teacher, [], None)
+    # The whole graph, one step per epoch (no batch_size: full batch).
+    batches = backend.batches(model, config.train, knowledge, backend.generator())
+    phase = make_phase(role, model, objective, batches, config.train,
+                       lambda: backend.evaluate(model))
     phase.train_epoch(0)  # warm-up
     start = time.perf_counter()
     for epoch in range(epochs):
         phase.train_epoch(epoch)
         metrics = phase.evaluate()
     seconds = (time.perf_counter() - start) / epochs
+    graph = backend.eval.graph
     out = {"role": role, "seconds_per_epoch": seconds, "peak_mib": _peak_mib(),
            "graph_loaded_mib": loaded_mib, "val_acc": metrics["val_acc"],
-           "nodes": data.eval_graph.num_nodes(), "edges": data.eval_graph.num_edges(),
-           "features": features, "classes": classes}
+           "nodes": graph.num_nodes(), "edges": graph.num_edges(),
+           "features": int(graph.ndata["feat"].shape[1]), "classes": backend.num_classes}
     if role == "student":
-        targets = inference_targets(data, 1024, 0)
-        out["teacher_ms"] = inference_ms(teacher, data, targets)
-        out["student_ms"] = inference_ms(student, data, targets)
+        out.update(backend.inference(teacher, student, 0))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--nodes", type=int, default=169_343,
-                        help="nodes of the synthetic graph (default: ogbn-arxiv's)")
-    parser.add_argument("--edges", type=int, default=1_166_243,
-                        help="undirected edges drawn (default: ogbn-arxiv's)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="share of ogbn-arxiv's nodes and edges (same average degree)")
     parser.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        print(json.dumps(measure(args.role, args.epochs, args.nodes, args.edges)))
+        print(json.dumps(measure(args.role, args.epochs, args.scale)))
         return
     rows = []
     for role in ROLES:
         proc = subprocess.run([sys.executable, __file__, "--role", role, "--epochs",
-                               str(args.epochs), "--nodes", str(args.nodes), "--edges",
-                               str(args.edges)], capture_output=True, text=True, check=True)
+                               str(args.epochs), "--scale", str(args.scale)],
+                              capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     teacher, student = rows
     print(f"graph: {teacher['nodes']:,} nodes, {teacher['edges']:,} directed edges "

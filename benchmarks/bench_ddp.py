@@ -13,33 +13,52 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 WARMUP_STEPS = 2
+
+
+def _config(scale: float, batch_size: int) -> dict:
+    """ogbn-arxiv's shape at ``scale``; a SAGE 2×256 teacher phase of sampled blocks."""
+    train = {"epochs": 1, "lr": 0.003, "weight_decay": 0.0, "batch_size": batch_size}
+    return {"name": "ddp_throughput", "seed": 0, "n_runs": 1, "device": "cpu",
+            "data": {"name": "synthetic", "like": "ogbn-arxiv", "scale": scale},
+            "teacher": {"model": "sage", "hidden": 256, "layers": 2},
+            "teacher_train": {**train, "fanouts": [10, 10]},
+            "student": {"model": "mlp", "hidden": 256, "layers": 2}, "train": train,
+            "method": {"name": "glnn"}, "log": {"progress": False, "tensorboard": False}}
 
 
 def rank_throughput(nodes: int, steps: int, batch_size: int, threads: int) -> float:
     """Seeds per second over ``steps`` DDP steps (run in every rank; rank 0's is kept)."""
     import torch
 
-    from dglkd.config import TrainConfig
-    from dglkd.data.synthetic import synthetic_node_graph
-    from dglkd.engine.graph import GraphData, minibatches
+    from dglkd.config import config_from_dict
+    from dglkd.data.synthetic import PRESETS
+    from dglkd.engine.graph import GraphBackend
     from dglkd.engine.parallel import barrier, world, wrap_ddp
     from dglkd.engine.step import train_step
     from dglkd.methods import compose
-    from dglkd.models import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    task = synthetic_node_graph(num_nodes=nodes, num_edges=nodes * 7, seed=0)
-    data = GraphData(task, torch.device("cpu"), self_loop=True)
-    model = build_model("sage", task.num_classes, task.num_features, hidden=256, layers=2)
+    # ogbn-arxiv's shape and difficulty at ``nodes`` nodes (its average degree).
+    config = config_from_dict(_config(nodes / PRESETS["ogbn-arxiv"].num_nodes, batch_size))
+    backend = GraphBackend(config, torch.device("cpu"), lambda _message: None)
+    backend.load(0)
+    model = backend.new_model(config.teacher, "teacher")
     objective = compose(ce=1.0)
-    cfg = TrainConfig(epochs=1, lr=0.003, batch_size=batch_size, fanouts=[10, 10])
-    batches = minibatches(data, model, cfg, None, torch.Generator().manual_seed(0))()
-    trained = wrap_ddp(model, "cpu")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # Each rank takes its share of every global batch of ``batch_size`` seeds.
+    epoch = backend.batches(model, config.teacher_train, None, backend.generator())
+
+    def endless():
+        while True:
+            yield from epoch()
+
+    batches = endless()
+    trained = wrap_ddp(model, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.teacher_train.lr)
     for _ in range(WARMUP_STEPS):
         train_step(next(batches), trained, objective, optimizer, None)
     barrier()
@@ -62,17 +81,21 @@ def main() -> None:
 
     import os
 
-    from dglkd.engine.parallel import launch
+    from dglkd.processes.ranks import launch
+
+    # The ranks unpickle the target by module name: bench_ddp, not __main__.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_ddp import rank_throughput as target
 
     cores = os.cpu_count() or 1
     arms = {1: [], args.nproc: []}
     for _ in range(args.rounds):
         for nproc in arms:
             threads = max(1, cores // nproc)
-            arms[nproc].append(launch(nproc, rank_throughput,
+            arms[nproc].append(launch(nproc, target,
                                       (args.nodes, args.steps, args.batch_size, threads)))
     one, many = statistics.median(arms[1]), statistics.median(arms[args.nproc])
-    print(f"synthetic graph {args.nodes:,} nodes, SAGE 2x256, fan-outs [10, 10], global batch "
+    print(f"synthetic ogbn-arxiv-shaped graph, {args.nodes:,} nodes, SAGE 2x256, fan-outs [10, 10], global batch "
           f"{args.batch_size}, {args.steps} timed steps, {cores} cores shared by the ranks")
     print("| ranks | seed nodes/s (median of rounds) |\n|---:|---:|")
     print(f"| 1 | {one:,.0f} |\n| {args.nproc} | {many:,.0f} |")

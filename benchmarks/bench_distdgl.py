@@ -1,6 +1,6 @@
 """DistDGL on loopback against one machine, at ogbn-arxiv's shape (CPU).
 
-The synthetic graph with ogbn-arxiv's shape (``synthetic_node_graph(seed=0)``: 169,343
+The synthetic graph with ogbn-arxiv's shape (``dglkd.data.synthetic.ogb_like(seed=0)``: 169,343
 nodes, 128 features, 40 classes) and a SAGE 2×256 teacher trained on labels, mini-batch
 (seed batches of ``--batch-size``, fan-outs ``--fanouts``):
 

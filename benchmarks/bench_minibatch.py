@@ -1,17 +1,18 @@
 """Neighbour-sampled mini-batch training through dglkd's engine at ogbn-arxiv's shape (CPU).
 
-On the synthetic graph with ogbn-arxiv's shape (``synthetic_node_graph(seed=0)``: 169,343
-nodes, 128 features, 40 classes), a SAGE 2×256 teacher trained on labels
+On the synthetic graph with ogbn-arxiv's shape and difficulty
+(``data: {name: synthetic, like: ogbn-arxiv}``, seed 0: 169,343 nodes, 128 features, 40
+classes; an MLP reaches about 56 and a GCN about 72 there; ``--scale`` for a share of it), a SAGE 2×256 teacher trained on labels
 (``compose(ce=1.0)``):
 
-(a) Accuracy and memory: mini-batch training (``minibatches``: ``NeighborSampler`` blocks,
+(a) Accuracy and memory: mini-batch training (``GraphBackend.batches``: ``NeighborSampler`` blocks,
     fan-outs ``--fanouts``, seed batches of 1,024; evaluated layer by layer over batches of
     4,096) against full-batch training (one whole-graph step per epoch, evaluated on the
     whole graph), each through ``train_epoch`` in its own process, so each peak RSS
     (``ru_maxrss``) is its own. Prints both validation accuracies (goal: within 1 point),
     seconds and peak RSS (mini-batch's should be the lower).
 (b) Engine overhead: in one process, a fixed number of sampled batches through dglkd's
-    engine (``minibatches`` + ``train_epoch``) against the same batches through a bare loop
+    engine (``GraphBackend.batches`` + ``train_epoch``) against the same batches through a bare loop
     written as DGL's ``examples/pytorch/graphsage/node_classification.py`` writes one
     (``dgl.dataloading.DataLoader`` over the training ids with the same ``NeighborSampler``,
     ``model(blocks, x)``, ``F.cross_entropy``, Adam step). Same model class and initial
@@ -50,52 +51,56 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _setup(threads: int):
-    """Threads for torch and DGL, the graph (SAGE needs no self loops) and its task."""
+def _backend(args: argparse.Namespace, minibatch: bool):
+    """Threads for torch and DGL, the config (a mini-batch teacher phase or a full-batch
+    one) and its loaded graph backend (SAGE needs no self loops)."""
     import torch
     from dgl.utils import set_num_threads
 
-    from dglkd.data.synthetic import synthetic_node_graph
-    from dglkd.engine.graph import GraphData
+    from dglkd.config import config_from_dict
+    from dglkd.engine.graph import GraphBackend
 
-    torch.set_num_threads(threads)
-    set_num_threads(threads)
-    task = synthetic_node_graph(seed=0)
-    return GraphData(task, torch.device("cpu"), self_loop=False)
+    torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)
+    if minibatch:
+        train = {"epochs": args.epochs_mini, "lr": args.lr_mini, "batch_size": BATCH,
+                 "fanouts": args.fanouts, "eval_batch_size": EVAL_BATCH}
+    else:
+        train = {"epochs": args.epochs_full, "lr": args.lr_full}
+    config = config_from_dict({
+        "name": "minibatch_bench", "seed": 0, "n_runs": 1, "device": "cpu",
+        "data": {"name": "synthetic", "like": "ogbn-arxiv", "scale": args.scale,
+                 "self_loop": False},
+        "teacher": {"model": "sage", **SAGE}, "teacher_train": train,
+        "student": {"model": "mlp"}, "train": {"epochs": 1, "eval_batch_size": EVAL_BATCH},
+        "method": {"name": "glnn"}, "log": {"progress": False, "tensorboard": False}})
+    backend = GraphBackend(config, torch.device("cpu"), lambda _message: None)
+    backend.load(0)
+    return config, backend
 
 
-def _sage(data):
+def _sage(config, backend):
     import torch
 
-    from dglkd.models import build_model
-
     torch.manual_seed(0)
-    return build_model("sage", data.num_classes, data.feat.shape[1], **SAGE)
+    return backend.new_model(config.teacher, "teacher")
 
 
 def role_train(args: argparse.Namespace, minibatch: bool) -> dict:
     """(a): one kind of training for its epochs, then validation accuracy and peak RSS."""
     import torch
 
-    from dglkd.config import TrainConfig
-    from dglkd.engine.graph import minibatches
     from dglkd.engine.optim import make_optimizer
     from dglkd.engine.step import train_epoch
     from dglkd.methods import compose
 
-    data = _setup(args.threads)
+    config, backend = _backend(args, minibatch)
     loaded_gb = _peak_gb()
-    model = _sage(data)
-    if minibatch:
-        cfg = TrainConfig(epochs=args.epochs_mini, lr=args.lr_mini, batch_size=BATCH,
-                          fanouts=args.fanouts, eval_batch_size=EVAL_BATCH)
-        epoch = minibatches(data, model, cfg, None, None)
-    else:
-        cfg = TrainConfig(epochs=args.epochs_full, lr=args.lr_full)
-
-        def epoch():
-            return [data.full_batch(None)]
-    objective = compose(ce=1.0, context=data.num_classes)
+    model = _sage(config, backend)
+    cfg = config.teacher_train
+    # Sampled blocks with a batch size, else the whole graph as one batch.
+    epoch = backend.batches(model, cfg, None, torch.Generator().manual_seed(0))
+    objective = compose(ce=1.0, context=backend.num_classes)
     optimizer = make_optimizer(cfg, model.parameters())
     torch.manual_seed(1)
     start = time.perf_counter()
@@ -103,7 +108,8 @@ def role_train(args: argparse.Namespace, minibatch: bool) -> dict:
         losses = train_epoch(epoch(), model, objective, optimizer, None)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    metrics = data.evaluate(model, EVAL_BATCH if minibatch else None)
+    # Layer by layer over batches of EVAL_BATCH in a mini-batch config, else whole graph.
+    metrics = backend.evaluate(model)
     return {"role": "minibatch" if minibatch else "fullbatch", "epochs": cfg.epochs,
             "lr": cfg.lr, "train_s": train_s, "eval_s": time.perf_counter() - start,
             "loss": losses["total"], "val_acc": metrics["val_acc"],
@@ -117,31 +123,31 @@ def role_overhead(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from dglkd.config import TrainConfig
-    from dglkd.engine.graph import minibatches
     from dglkd.engine.optim import make_optimizer
     from dglkd.engine.step import train_epoch
     from dglkd.methods import compose
 
-    data = _setup(args.threads)
-    cfg = TrainConfig(epochs=1, lr=args.lr_mini, batch_size=BATCH, fanouts=args.fanouts)
-    graph, train_ids = data.train_graph, data.node_ids[data.train_mask.bool()]
+    args.epochs_mini = 1
+    config, backend = _backend(args, minibatch=True)
+    cfg = config.teacher_train
+    graph = backend.train.graph
+    train_ids = torch.nonzero(backend.train.gather("train_mask")).view(-1)
 
     # dglkd: the engine's batches and step.
-    engine_model = _sage(data)
-    objective = compose(ce=1.0, context=data.num_classes)
+    engine_model = _sage(config, backend)
+    objective = compose(ce=1.0, context=backend.num_classes)
     engine_opt = make_optimizer(cfg, engine_model.parameters())
 
     def engine_epoch(seed: int, with_graph: bool = False):
-        return minibatches(data, engine_model, cfg, None,
-                           torch.Generator().manual_seed(seed), with_graph)()
+        return backend.batches(engine_model, cfg, None, torch.Generator().manual_seed(seed),
+                               with_graph)()
 
     def engine_run(seed: int, with_graph: bool = False) -> None:
         train_epoch(islice(engine_epoch(seed, with_graph), args.batches), engine_model,
                     objective, engine_opt, None)
 
     # Bare: the loop of DGL's examples/pytorch/graphsage/node_classification.py.
-    bare_model = _sage(data)
+    bare_model = _sage(config, backend)
     bare_opt = torch.optim.Adam(bare_model.parameters(), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
     sampler = dgl.dataloading.NeighborSampler(args.fanouts)
@@ -149,7 +155,7 @@ def role_overhead(args: argparse.Namespace) -> dict:
     def bare_loader():
         # The engine shows no progress bar here (not a terminal, progress off), so its
         # DataLoader shuffles once per epoch, as this one does.
-        return dgl.dataloading.DataLoader(graph, train_ids, sampler, device=data.device,
+        return dgl.dataloading.DataLoader(graph, train_ids, sampler, device=backend.device,
                                           batch_size=BATCH, shuffle=True, drop_last=False,
                                           num_workers=0)
 
@@ -226,6 +232,8 @@ def run_role(role: str, argv: list[str], threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="share of ogbn-arxiv's nodes and edges (same average degree)")
     parser.add_argument("--epochs-mini", type=int, default=2)
     parser.add_argument("--epochs-full", type=int, default=40)
     parser.add_argument("--lr-mini", type=float, default=0.003)
@@ -253,7 +261,8 @@ def main() -> None:
         del argv[at : at + 2]
     results = {role: run_role(role, argv, args.threads) for role in ROLES}
     mini, full, over = (results[r] for r in ROLES)
-    print(f"graph: synthetic, ogbn-arxiv's shape (169,343 nodes, 128 features, 40 classes); "
+    print(f"graph: synthetic, ogbn-arxiv's shape and difficulty at scale {args.scale} "
+          f"(128 features, 40 classes); "
           f"SAGE 2x256, fan-outs {args.fanouts}, batch {BATCH:,}; {args.threads} thread(s)")
     print("(a) | training | epochs | lr | train s | val acc | test acc | peak RSS GB |")
     print("    |---|---:|---:|---:|---:|---:|---:|")

@@ -42,7 +42,7 @@ DATA_KEYS = {
     "npz": _GRAPH_KEYS | {"path", "lcc", "train_per_class", "val_per_class"},
     "ogb": _GRAPH_KEYS | {"root"},
     "graph_file": _GRAPH_KEYS | {"path"},
-    "synthetic": _GRAPH_KEYS | {"num_nodes", "num_edges"},
+    "synthetic": _GRAPH_KEYS | {"like", "scale"},
     # A graph already partitioned by ``dglkd partition`` and served by DistDGL: the split,
     # self loops and features were fixed when it was partitioned.
     "dist": {"name", "part_config", "ip_config", "graph_name"},
@@ -79,8 +79,10 @@ class DataConfig(Strict):
     self_loop: bool = True
     train_size: int = pydantic.Field(1000, ge=1, le=100_000_000)
     val_size: int = pydantic.Field(1000, ge=0, le=100_000_000)
-    num_nodes: int = pydantic.Field(169_343, ge=10, le=2**31 - 1)
-    num_edges: int = pydantic.Field(1_166_243, ge=10, le=2**40)
+    # data.name "synthetic": the OGB dataset it is shaped like, and the share of its node
+    # and edge counts (dglkd.data.synthetic).
+    like: Literal["ogbn-arxiv", "ogbn-products"] = "ogbn-arxiv"
+    scale: float = pydantic.Field(1.0, gt=0.0, le=1.0)
     # NOSMOG's DeepWalk position features appended to every node's features, e.g.
     # {dim: 128}; see dglkd.data.positional.PositionalParams.
     positional: Optional[dict[str, Any]] = None

@@ -1,52 +1,16 @@
-"""Write a tiny node-property dataset in OGB's on-disk layout (test helper).
+"""A tiny node-property dataset in OGB's on-disk layout, written by dglkd's own writer
+(``dglkd.data.ogb_layout.write_node_dataset``), for tests of OGB's loading path.
 
-The layout is the one ``ogb.nodeproppred.DglNodePropPredDataset`` reads (csv, not binary)::
-
-    <dir>/RELEASE_v1.txt
-    <dir>/raw/{edge,node-feat,node-label,num-node-list,num-edge-list,node_year}.csv.gz
-    <dir>/split/<split>/{train,valid,test}.csv.gz
-
-Every csv is gzip-compressed, comma-separated, without a header. Edges are directed
-(one row ``src,dst`` each), like ogbn-arxiv's.
+Edges are directed (one row ``src,dst`` each), like ogbn-arxiv's; the additional node file
+``node_year`` is written too, as ogbn-arxiv's meta asks for it.
 """
 from __future__ import annotations
 
-import gzip
-import os
 from typing import Any
 
 import numpy as np
 
-
-def _write_csv(path: str, rows: np.ndarray, fmt: str) -> None:
-    """A gzip csv without header, one row of ``rows`` per line."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    rows = rows.reshape(len(rows), -1)
-    with gzip.open(path, "wt") as f:
-        for row in rows:
-            f.write(",".join(fmt % v for v in row) + "\n")
-
-
-def tiny_meta_dict(dir_path: str, num_classes: int, split: str = "random") -> dict[str, Any]:
-    """An ogb meta_dict describing the tiny dataset (same keys as ogb's master.csv)."""
-    return {
-        "dir_path": dir_path,
-        "version": 1,
-        "download_name": "tiny",
-        "url": "",
-        "num tasks": 1,
-        "num classes": num_classes,
-        "eval metric": "acc",
-        "task type": "multiclass classification",
-        "add_inverse_edge": "False",
-        "has_node_attr": "True",
-        "has_edge_attr": "False",
-        "split": split,
-        "additional node files": "node_year",
-        "additional edge files": "None",
-        "is hetero": "False",
-        "binary": "False",
-    }
+from dglkd.data.ogb_layout import meta_dict, write_node_dataset
 
 
 def write_tiny_ogb(
@@ -73,20 +37,11 @@ def write_tiny_ogb(
     perm = rng.permutation(num_nodes)
     n_train, n_val = num_nodes // 2, num_nodes // 4
     idx = {"train": perm[:n_train], "valid": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
-
-    raw = os.path.join(dir_path, "raw")
-    _write_csv(os.path.join(raw, "edge.csv.gz"), edges, "%d")
-    _write_csv(os.path.join(raw, "node-feat.csv.gz"), feat, "%.6f")
-    _write_csv(os.path.join(raw, "node-label.csv.gz"), labels, "%d")
-    _write_csv(os.path.join(raw, "node_year.csv.gz"), 2000 + labels, "%d")
-    _write_csv(os.path.join(raw, "num-node-list.csv.gz"), np.array([num_nodes]), "%d")
-    _write_csv(os.path.join(raw, "num-edge-list.csv.gz"), np.array([len(edges)]), "%d")
-    for part, ids in idx.items():
-        _write_csv(os.path.join(dir_path, "split", split, f"{part}.csv.gz"), np.sort(ids), "%d")
-    with open(os.path.join(dir_path, "RELEASE_v1.txt"), "w") as f:
-        f.write("tiny dataset written by dglkd's tests\n")
+    write_node_dataset(dir_path, edges=edges, feat=feat, labels=labels, split=idx,
+                       split_name=split, node_files={"node_year": 2000 + labels},
+                       note="tiny dataset written by dglkd's tests")
     return {
-        "meta_dict": tiny_meta_dict(dir_path, num_classes, split),
+        "meta_dict": meta_dict(dir_path, num_classes, split, ("node_year",)),
         "edges": edges,
         "feat": feat,
         "labels": labels,

@@ -1,5 +1,5 @@
 """The graph datasets layer: bundled Planetoid and npz graphs, splits, OGB's layout,
-user graphs and the synthetic graph. Nothing here touches the network."""
+and user graphs (the synthetic graphs: test_ogb_like.py). Nothing here touches the network."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,6 @@ from dglkd.data.npz import load_npz  # noqa: E402
 from dglkd.data.ogb import load_ogb  # noqa: E402
 from dglkd.data.planetoid import dgl_raw_path, load_planetoid  # noqa: E402
 from dglkd.data.splits import largest_connected_component, make_inductive, per_class_split  # noqa: E402
-from dglkd.data.synthetic import synthetic_node_graph  # noqa: E402
 from dglkd.data.task import GraphTask, accuracy  # noqa: E402
 from dglkd.data.user import from_dgl_graph, load_graph_file  # noqa: E402
 from dglkd.errors import DglkdError  # noqa: E402
@@ -355,25 +354,3 @@ def test_graph_file_round_trip_and_errors(tmp_path):
     junk.write_bytes(b"not a graph")
     with pytest.raises(DglkdError, match="junk.bin: not a file written by dgl.save_graphs"):
         load_graph_file(str(junk))
-
-
-# ---------------------------------------------------------------- synthetic
-
-
-def test_synthetic_graph_small():
-    task = synthetic_node_graph(num_nodes=3000, num_edges=20000, num_features=16, num_classes=5, seed=1)
-    assert_graph_task(task)
-    g = task.graph
-    assert g.num_nodes() == 3000 and task.num_features == 16 and task.num_classes == 5
-    assert 30000 < g.num_edges() <= 40000  # bidirected, duplicates merged
-    assert_symmetric_no_self_loops(g)
-    assert bool((g.in_degrees() > 0).all())
-    sizes = task.split_sizes()
-    assert sizes == {"train": 1620, "val": 540, "test": 840}
-    src, dst = g.edges()
-    labels = g.ndata["label"]
-    assert float((labels[src] == labels[dst]).float().mean()) > 0.5  # homophilous
-    again = synthetic_node_graph(num_nodes=3000, num_edges=20000, num_features=16, num_classes=5, seed=1)
-    assert torch.equal(again.graph.ndata["feat"], g.ndata["feat"])
-    with pytest.raises(DglkdError, match="train_share=0.9, val_share=0.2"):
-        synthetic_node_graph(num_nodes=100, num_edges=100, train_share=0.9, val_share=0.2, num_classes=5)

@@ -49,10 +49,11 @@ def _graph_file(name: str, path: str | None = None, seed: int = 0) -> GraphTask:
     return user.load_graph_file(path)
 
 
-def _synthetic(name: str, seed: int = 0, **shape: Any) -> GraphTask:
+def _synthetic(name: str, like: str = "ogbn-arxiv", scale: float = 1.0,
+               seed: int = 0) -> GraphTask:
     from dglkd.data import synthetic
 
-    return synthetic.synthetic_node_graph(seed=seed, **shape)
+    return synthetic.ogb_like(like, scale, seed)
 
 
 def _mnist(name: str, root: str | None = None, train_size: int = 1000, val_size: int = 1000,
@@ -106,7 +107,8 @@ def load(name: str, *, seed: int = 0, inductive: bool = False,
     with ``seed``; ``features="binary"`` for the 0/1 bag of words instead of DGL's
     row-normalised one), ``npz`` (bundled cora.npz unless ``path``; largest connected component,
     20/30 per class), ``ogbn-*`` (``root``), ``graph_file`` (``path``), ``synthetic``
-    (``num_nodes``, ``num_edges``, ...). ``inductive=True`` hides ``hidden_test_share``
+    (an OGB-shaped graph generated in memory: ``like`` ``ogbn-arxiv`` or ``ogbn-products``,
+    ``scale`` of its node and edge counts; ``seed`` draws the graph). ``inductive=True`` hides ``hidden_test_share``
     of the test nodes from training (GLNN's inductive setting). Images: ``mnist``
     (bundled), ``digits``, ``cifar10``/``cifar100`` (``path``), with ``train_size`` /
     ``val_size``. Unknown options are an error naming the allowed ones.

@@ -6,10 +6,15 @@ missing. Two of its code paths call ``input()``: a dataset folder without its
 proceed?"). A run without a terminal must never hang there, so the folder is checked
 first and, without a terminal, the download question becomes a one-line error saying
 what to download and where to put it.
+
+A dataset folder written by :mod:`dglkd.data.synthetic` (an OGB-shaped synthetic dataset
+in OGB's layout) holds a marker file; its content goes into ``task.info["synthetic"]``,
+so a run on it never passes for the real dataset.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -20,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dglkd import deps
+from dglkd.data.ogb_layout import SYNTHETIC_MARKER
 from dglkd.data.task import GraphTask, accuracy, masks_from_indices
 from dglkd.errors import DglkdError
 
@@ -35,6 +41,11 @@ def _master_table() -> pd.DataFrame:
 
     path = os.path.join(os.path.dirname(ogb.nodeproppred.__file__), "master.csv")
     return pd.read_csv(path, index_col=0, keep_default_na=False)
+
+
+def official_meta(name: str) -> dict[str, Any]:
+    """ogb's meta information of the official dataset ``name`` (its master.csv column)."""
+    return _meta_info(name, None)
 
 
 # The keys DglNodePropPredDataset reads from a meta_dict (``url`` only to download).
@@ -187,6 +198,16 @@ def _flat_labels(labels: Tensor) -> Tensor:
     return labels.long()
 
 
+def _marker_info(path: str) -> dict[str, Any]:
+    """What the synthetic dataset's marker records (its generator, shape and seed)."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        # Still marked synthetic: an unreadable marker must not make it pass for real.
+        return {"marker": path, "unreadable": type(exc).__name__}
+
+
 def load_ogb(name: str, root: str, meta_dict: dict[str, Any] | None = None) -> GraphTask:
     """An OGB node-property dataset with its official split, made bidirected.
 
@@ -210,6 +231,10 @@ def load_ogb(name: str, root: str, meta_dict: dict[str, Any] | None = None) -> G
     idx = {ours: torch.as_tensor(split[theirs]).long() for ours, theirs in _OGB_SPLIT_NAMES.items()}
     graph.ndata.update(masks_from_indices(graph.num_nodes(), **idx))
     info = {"source": dataset.root, "split": meta.get("split")}
+    marker = os.path.join(dataset.root, SYNTHETIC_MARKER)
+    if os.path.isfile(marker):
+        # Written by dglkd.data.synthetic: results must never pass for the real dataset.
+        info["synthetic"] = _marker_info(marker)
     return GraphTask(
         name=name, graph=graph, num_classes=int(dataset.num_classes), metric=_ogb_metric(name), info=info
     )
