@@ -39,7 +39,8 @@ from timing import interleaved_times, median, ratio
 import dglkd
 import dglkd.data
 from dglkd.data.images import iterate_minibatches
-from dglkd.engine.parallel import backend_for, free_port
+from dglkd.engine.parallel import backend_for
+from dglkd.processes.supervisor import free_port
 from dglkd.models import build_model
 
 MIB = 2**20
@@ -150,16 +151,17 @@ def ddp_one_process(device: torch.device, steps: int) -> None:
         optimizer = torch.optim.Adam([*ddp.parameters(), *objective.parameters()], 0.01)
         teacher.eval()
         ce = []
+        student_names, teacher_names = objective.required_features()  # HKD: hidden
         batches = iterate_minibatches(task, "train", 64, shuffle=True, device=device)
         for _, (images, labels, index) in zip(range(steps), batches):
             with torch.no_grad():
-                knowledge = dglkd.capture(teacher, ["pool"], images)
-            terms = objective(dglkd.capture(ddp, ["pool"], images), knowledge, labels=labels,
+                knowledge = dglkd.capture(teacher, teacher_names, images)
+            terms = objective(dglkd.capture(ddp, student_names, images), knowledge, labels=labels,
                               index=index)
             optimizer.zero_grad()
             sum(terms.values()).backward()  # DDP's all-reduce of the gradients
             optimizer.step()
-            ce.append(float(terms["ce"]))
+            ce.append(float(terms["ce"].detach()))
         print(f"    CE {ce[0]:.3f} -> {ce[-1]:.3f} over {steps} steps, process group "
               f"{dist.get_backend()} of {dist.get_world_size()}")
     finally:
