@@ -65,7 +65,7 @@ def prepared_graph(config: Any) -> tuple[Any, Any]:
         raise DglkdError("data.inductive: DistDGL runs are transductive only; partition a "
                          "config without data.inductive")
     graph = task.graph
-    if config.data.self_loop:  # as GraphData does, so both see the same neighbourhoods
+    if config.data.self_loop:  # as GraphBackend does, so both see the same neighbourhoods
         graph = dgl.add_self_loop(dgl.remove_self_loop(graph))
     graph = attach_out_degrees(graph)
     missing = [name for name in NODE_FIELDS if name not in graph.ndata]
