@@ -90,7 +90,7 @@ def proxies(graph, feat, labels, masks, hops: int = 3) -> dict:
 
 
 def run(like: str, scale: float, seed: int, changes: dict, gnn: str, epochs: int,
-        glnn: bool, proxy: bool = False) -> dict:
+        glnn: bool, proxy: bool = False, mlp: bool = True) -> dict:
     start = time.perf_counter()
     data = generate(shape_of(like, scale, **changes), seed)
     task = to_task(data)
@@ -110,8 +110,9 @@ def run(like: str, scale: float, seed: int, changes: dict, gnn: str, epochs: int
         out.update(proxies(task.graph, feat, labels, masks))
         out["seconds"] = round(time.perf_counter() - start, 1)
         return out
-    out["mlp"] = _fit(build_model("mlp", classes, width, **RECIPE), graph, feat, ce, masks,
-                      epochs, 0.01)
+    if mlp:
+        out["mlp"] = _fit(build_model("mlp", classes, width, **RECIPE), graph, feat, ce, masks,
+                          epochs, 0.01)
     teacher = build_model(gnn, classes, width, **RECIPE)
     out[gnn] = _fit(teacher, graph, feat, ce, masks, epochs, 0.01)
     if glnn:
@@ -145,6 +146,9 @@ def main() -> None:
     parser.add_argument("--gnn", choices=("gcn", "sage"), default="gcn")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--no-glnn", action="store_true")
+    parser.add_argument("--no-mlp", action="store_true",
+                        help="skip the MLP alone (its level follows the features: --proxy "
+                             "gives it in seconds)")
     parser.add_argument("--proxy", action="store_true",
                         help="linear stand-ins only (seconds): softmax regression on the "
                              "features, and on the features with 1-3 hop means")
@@ -159,7 +163,7 @@ def main() -> None:
     for combo in itertools.product(*grid.values()):
         for seed in (int(s) for s in args.seeds.split(",")):
             result = run(args.like, args.scale, seed, dict(zip(grid, combo)), args.gnn,
-                         args.epochs, not args.no_glnn, args.proxy)
+                         args.epochs, not args.no_glnn, args.proxy, not args.no_mlp)
             print(json.dumps(result), flush=True)
 
 
