@@ -79,8 +79,11 @@ def _threads(count: int) -> None:
     import torch
     from dgl.utils import set_num_threads
 
+    from dglkd.engine.env import flush_subnormals
+
     torch.set_num_threads(count)
     set_num_threads(count)
+    flush_subnormals(torch.device("cpu"))  # as a dglkd run does
 
 
 def role_graph(args: argparse.Namespace, work: Path) -> dict:

@@ -293,3 +293,27 @@ def test_a_resumed_phase_keeps_counting_its_patience(write_config, small_cora, t
             for d in (run_dir, _run_dirs(tmp_path / "straight")[0]))
     assert a["history"] == b["history"] and len(a["history"]) < 300
     assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_a_cpu_run_treats_subnormal_floats_as_zero(tmp_path):
+    """A student matching a confident teacher fills its gradients with subnormal floats,
+    which slow a CPU's matrix kernels by orders of magnitude (the products-shaped GLNN
+    student: 80 s an epoch, then 564 s); a run on the CPU flushes them to zero. Checked in a
+    fresh process, since the mode is the process's."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import torch\n"
+        "from dglkd.config import config_from_dict\n"
+        "from dglkd.engine.run import Experiment\n"
+        "def tiny():\n"
+        "    return (torch.full((4096,), 1e-30) * 1e-10)[0].item()\n"
+        "before = tiny()\n"
+        "Experiment(config_from_dict({'data': {'name': 'cora'}, 'log': {'progress': False}}),\n"
+        "           Path(sys.argv[1]) / 'run', say=lambda _message: None)\n"
+        "print(before, tiny())\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before, after = map(float, proc.stdout.split())
+    assert before != 0.0 and after == 0.0

@@ -11,7 +11,8 @@ from torch import nn
 from dglkd.config import Config, ModelConfig, TrainConfig, dump_config, load_config
 from dglkd.engine.backends import Backend, make_backend
 from dglkd.engine.cache import TeacherArtifact, TeacherCache, matches, teacher_key
-from dglkd.engine.env import environment, resolve_device, seed_everything
+from dglkd.engine.env import (environment, flush_subnormals, resolve_device,
+                              seed_everything)
 from dglkd.engine.io import (MANIFEST, load_torch_bytes, new_run_dir, remove_stray_tmp,
                              remove_unstarted, save_torch, track, verified_bytes, write_json,
                              write_text)
@@ -92,6 +93,7 @@ class Experiment:
         # With several ranks, rank 0 speaks and writes for all of them.
         self.say = say if is_main() else (lambda _message: None)
         self.device = local_device(resolve_device(config.device))
+        flush_subnormals(self.device)
         self.backend: Backend = make_backend(config, self.device, say)
         self.cache = TeacherCache(config.cache_dir or run_dir.parent / "cache")
         if is_main():
