@@ -79,11 +79,11 @@ def _threads(count: int) -> None:
     import torch
     from dgl.utils import set_num_threads
 
-    from dglkd.engine.env import flush_subnormals
-
     torch.set_num_threads(count)
     set_num_threads(count)
-    flush_subnormals(torch.device("cpu"))  # as a dglkd run does
+    # Each role is a process of its own that only trains or times, so the mode a dglkd
+    # run's training phases use (dglkd.engine.env.subnormals_flushed) stays on throughout.
+    torch.set_flush_denormal(True)
 
 
 def role_graph(args: argparse.Namespace, work: Path) -> dict:

@@ -143,6 +143,34 @@ def test_block_batches_carry_the_induced_subgraph_only_when_asked():
         is backend.train.graph
 
 
+
+def test_a_full_batch_phase_of_a_minibatch_config_is_scored_in_one_full_graph_pass(
+        monkeypatch):
+    """A config with node-batched students and a full-batch GCN teacher (the shipped
+    ogbn_arxiv_gcn_glnn.yaml): the teacher's epochs are scored in one full-graph pass, as
+    its training already holds every layer's activations (layer by layer, its epochs took
+    2.6 times as long on the arxiv-shaped graph), with the scores the layer-wise pass gives;
+    a phase on batches is still scored layer by layer."""
+    import pytest
+    from dglkd.config import TrainConfig
+    from dglkd.engine import graph as graph_module
+    from dglkd.models import build_model
+    from tests.conftest import cora_backend
+
+    backend = cora_backend(batch_size=256, eval_batch_size=512)
+    assert backend.minibatch
+    model = build_model("gcn", 7, 1433, hidden=16)
+    layerwise_scores = backend.evaluate(model, TrainConfig(epochs=1, batch_size=256))
+    layerwise = graph_module.layerwise
+    calls = []
+    monkeypatch.setattr(graph_module, "layerwise",
+                        lambda *args, **kwargs: calls.append(1) or layerwise(*args, **kwargs))
+    full_scores = backend.evaluate(model, TrainConfig(epochs=1))
+    assert calls == []
+    assert full_scores == pytest.approx(layerwise_scores, abs=1e-6)
+    backend.evaluate(model, TrainConfig(epochs=1, batch_size=256))
+    assert calls == [1]
+
 def test_node_batches_refuse_a_term_that_reads_the_graph_in_one_line():
     import torch
     from dglkd.config import TrainConfig

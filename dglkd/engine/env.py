@@ -4,8 +4,9 @@ from __future__ import annotations
 import platform
 import random
 import sys
+from contextlib import contextmanager
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -50,16 +51,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def flush_subnormals(device: torch.device) -> None:
-    """On a CPU, treat subnormal floats as zero for this process (``torch.set_flush_denormal``).
+@contextmanager
+def subnormals_flushed(device: torch.device) -> Iterator[None]:
+    """On a CPU, treat subnormal floats as zero while the block runs
+    (``torch.set_flush_denormal``), then put the mode back as it was.
 
     Why: a student that matches a confident teacher drives most class probabilities towards
     zero, so the loss's gradients fill with subnormal numbers (below about 1.2e-38), and a
     CPU's matrix kernels slow down by orders of magnitude on them. On the products-shaped
     graph a GLNN student epoch went from 80 s to 564 s this way; values that small change no
-    weight update. GPUs flush them already."""
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    weight update. GPUs flush them already. The mode is the whole process's, so it is not
+    left on: code after a run (hypothesis, for one) relies on IEEE subnormals."""
+    if device.type != "cpu":
+        yield
+        return
+    was_flushing = _flushing()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_flushing)
+
+
+def _flushing() -> bool:
+    """Whether this process flushes subnormal floats to zero now (torch has no getter)."""
+    return (torch.tensor([1e-30]) * 1e-10).item() == 0.0
 
 
 def environment(device: torch.device, seeds: list[int]) -> dict[str, Any]:

@@ -147,8 +147,9 @@ class ImageBackend:
         chunks = (self.task.images[chunk] for chunk in index.split(EVAL_BATCH))
         return predict_logits(model, chunks)
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Accuracy on every split (train: its first ``TRAIN_EVAL_LIMIT`` images)."""
+    def evaluate(self, model: nn.Module, _cfg: TrainConfig | None = None) -> dict[str, float]:
+        """Accuracy on every split (train: its first ``TRAIN_EVAL_LIMIT`` images), in
+        batches whatever the phase's own batches."""
         return {f"{split}_acc": accuracy(self.logits(model, index).argmax(-1),
                                          self.task.labels[index])
                 for split, index in self.eval_index.items()}

@@ -11,8 +11,8 @@ from torch import nn
 from dglkd.config import Config, ModelConfig, TrainConfig, dump_config, load_config
 from dglkd.engine.backends import Backend, make_backend
 from dglkd.engine.cache import TeacherArtifact, TeacherCache, matches, teacher_key
-from dglkd.engine.env import (environment, flush_subnormals, resolve_device,
-                              seed_everything)
+from dglkd.engine.env import (environment, resolve_device, seed_everything,
+                              subnormals_flushed)
 from dglkd.engine.io import (MANIFEST, load_torch_bytes, new_run_dir, remove_stray_tmp,
                              remove_unstarted, save_torch, track, verified_bytes, write_json,
                              write_text)
@@ -93,7 +93,6 @@ class Experiment:
         # With several ranks, rank 0 speaks and writes for all of them.
         self.say = say if is_main() else (lambda _message: None)
         self.device = local_device(resolve_device(config.device))
-        flush_subnormals(self.device)
         self.backend: Backend = make_backend(config, self.device, say)
         self.cache = TeacherCache(config.cache_dir or run_dir.parent / "cache")
         if is_main():
@@ -188,10 +187,11 @@ class Experiment:
                                                      self.backend.generator(), with_graph),
                      frozen, self.config.train)
         phase = make_phase(phase_name, model, objective, batches, train_cfg,
-                           lambda: self.backend.evaluate(model), teacher=frozen,
+                           lambda: self.backend.evaluate(model, train_cfg), teacher=frozen,
                            generator=generator, hparams=hparams,
                            on_end=self.backend.projector(model, objective, frozen))
-        result = fit(phase, self.run_dir, self.tb_dir(phase_name), self.config.log.progress)
+        with subnormals_flushed(self.device):
+            result = fit(phase, self.run_dir, self.tb_dir(phase_name), self.config.log.progress)
         self.say(f"  {phase_name}: best val {result.best['val_acc']:.4f} at epoch "
                  f"{result.best_epoch} → test {result.best['test_acc']:.4f} "
                  f"(last epoch test {result.last['test_acc']:.4f})")
