@@ -44,6 +44,10 @@ def test_one_step_row_normalised_matches_hand_computation():
 
 def test_symmetric_propagation_equals_the_dense_formula():
     torch.manual_seed(0)
+    # dgl.rand_graph draws from DGL's own generator: seeded here, the graph no longer
+    # depends on what the tests before this one drew (about 1 state in 70 gives a component
+    # with no labelled node, where the dense formula below divides 0 by 0).
+    dgl.seed(0)
     # no self-loops: correct_and_smooth drops them (the restart term is the self-weight)
     graph = dgl.remove_self_loop(dgl.to_bidirected(dgl.rand_graph(12, 30)))
     probs = torch.rand(12, 4).softmax(-1)
