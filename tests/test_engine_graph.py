@@ -295,13 +295,6 @@ def test_a_resumed_phase_keeps_counting_its_patience(write_config, small_cora, t
     assert a["best_epoch"] == b["best_epoch"]
 
 
-
-def _flushes_subnormals() -> bool:
-    import torch
-
-    return (torch.tensor([1e-30]) * 1e-10).item() == 0.0
-
-
 def test_cpu_training_phases_treat_subnormal_floats_as_zero_and_restore_the_mode(
         cli, write_config, small_cora, tmp_path, monkeypatch):
     """A student matching a confident teacher fills its gradients with subnormal floats,
@@ -310,17 +303,18 @@ def test_cpu_training_phases_treat_subnormal_floats_as_zero_and_restore_the_mode
     to zero; the mode is the process's, so the run leaves it as it found it (hypothesis,
     run after it in the same process, needs subnormals)."""
     import dglkd.engine.run as run_module
+    from dglkd.engine.env import flushing_subnormals
 
     during = []
     fit = run_module.fit
 
     def recording_fit(*args, **kwargs):
-        during.append(_flushes_subnormals())
+        during.append(flushing_subnormals())
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "fit", recording_fit)
-    assert not _flushes_subnormals()
+    assert not flushing_subnormals()
     code, _, err = cli("distill", write_config(small_cora), "--out", tmp_path / "runs")
     assert code == 0, err
     assert during and all(during)
-    assert not _flushes_subnormals()
+    assert not flushing_subnormals()

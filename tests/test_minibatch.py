@@ -143,7 +143,6 @@ def test_block_batches_carry_the_induced_subgraph_only_when_asked():
         is backend.train.graph
 
 
-
 def test_a_full_batch_phase_of_a_minibatch_config_is_scored_in_one_full_graph_pass(
         monkeypatch):
     """A config with node-batched students and a full-batch GCN teacher (the shipped
@@ -151,7 +150,6 @@ def test_a_full_batch_phase_of_a_minibatch_config_is_scored_in_one_full_graph_pa
     its training already holds every layer's activations (layer by layer, its epochs took
     2.6 times as long on the arxiv-shaped graph), with the scores the layer-wise pass gives;
     a phase on batches is still scored layer by layer."""
-    import pytest
     from dglkd.config import TrainConfig
     from dglkd.engine import graph as graph_module
     from dglkd.models import build_model

@@ -65,7 +65,7 @@ def subnormals_flushed(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    was_flushing = _flushing()
+    was_flushing = flushing_subnormals()
     torch.set_flush_denormal(True)
     try:
         yield
@@ -73,7 +73,7 @@ def subnormals_flushed(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(was_flushing)
 
 
-def _flushing() -> bool:
+def flushing_subnormals() -> bool:
     """Whether this process flushes subnormal floats to zero now (torch has no getter)."""
     return (torch.tensor([1e-30]) * 1e-10).item() == 0.0
 
