@@ -462,6 +462,8 @@ def main() -> None:
         for role in ROLES:
             _log(f"role {role}")
             results[role] = run_role(role, args, work)
+            # Logged as each role ends: a later role's failure must not lose the hour before.
+            _log(f"role {role} result: {json.dumps(results[role])}")
         summary = report(results, args, time.perf_counter() - start)
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2))
