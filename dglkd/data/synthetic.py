@@ -91,7 +91,9 @@ why a wide one matches the teacher on arxiv's shape); directed citations (edges 
 ogb adds the reverse edges as on the real arxiv); degree-degree correlation, triangles and
 community structure beyond one community per class; class imbalance beyond a Zipf law;
 products' SAGE teacher accuracy on the real long tail, which the activity split only
-approximates.
+approximates, and how the long tail's features differ from the popular products' (so on
+products' shape at full size the MLP alone is not short of labels and GLNN does not gain;
+docs/RESULTS.md).
 
 The arxiv-shaped dataset is written in OGB's own layout (:func:`write_ogb_like`, or
 ``python -m dglkd.data.synthetic --like ogbn-arxiv --root ROOT``), so ogb's
