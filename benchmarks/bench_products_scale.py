@@ -30,7 +30,8 @@ so its peak resident memory (``ru_maxrss``) is its own:
 * ``latency``: for the same 1,024 random target nodes, the SAGE gathering its full 3-hop
   in-neighbourhood (``MultiLayerFullNeighborSampler(3)`` blocks) and its training fan-outs,
   against the MLP reading those nodes' features; median ms (``dglkd.engine.step.median_ms``).
-  Loads the graph (CSC only, 32-bit IDs) and both models.
+  Loads the graph (CSC only, 32-bit IDs) and both models; runs on one thread (see
+  ``run_role``).
 
 Prints the per-epoch log, one table (per role: accuracy, seconds, peak RSS in GB, goal
 ≤ 12 GB each, the graph counted), the layer-wise inference's nodes/s, the latencies and the
@@ -369,12 +370,16 @@ def role_latency(args: argparse.Namespace, work: Path) -> dict:
 
 
 def run_role(role: str, args: argparse.Namespace, work: Path) -> dict:
+    # The latency role runs on one thread whatever --threads says: at full size, with two
+    # threads, DGL 2.1's gspmm (SAGEConv on the fan-out blocks of the 32-bit graph) died
+    # with a segmentation fault, twice (``--role latency --threads 2``); one thread passed.
+    threads = 1 if role == "latency" else args.threads
     command = [sys.executable, os.path.abspath(__file__), "--role", role, "--work", str(work),
                "--graph", args.graph, "--scale", str(args.scale),
                "--teacher-epochs", str(args.teacher_epochs), "--mlp-epochs", str(args.mlp_epochs),
                "--student-epochs", str(args.student_epochs), "--mlp-width", str(args.mlp_width),
-               "--threads", str(args.threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "DGLBACKEND": "pytorch"}
+               "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DGLBACKEND": "pytorch"}
     start = time.perf_counter()
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
