@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--no-glnn", action="store_true")
     parser.add_argument("--no-mlp", action="store_true",
                         help="skip the MLP alone (its level follows the features: --proxy "
-                             "gives it in seconds)")
+                             "gives it far sooner)")
     parser.add_argument("--proxy", action="store_true",
                         help="linear stand-ins only (minutes): softmax regression on the "
                              "features, on the features with 1-3 hop means, and on the "
