@@ -78,6 +78,30 @@ def test_products_split_trains_on_the_most_active_nodes():
     assert degree[train].median() > 2 * degree[test].median()
 
 
+def _nearest_mean_accuracy(data, fit_on: str, score_on: str) -> float:
+    """Accuracy of class means fitted on one split's features, scored on another's."""
+    fit, score = data.split[fit_on], data.split[score_on]
+    means = np.stack([data.feat[fit][data.labels[fit] == k].mean(0)
+                      for k in range(data.shape.num_classes)])
+    dist = (means ** 2).sum(1) - 2 * data.feat[score] @ means.T  # + |x|², the same per row
+    return float((dist.argmin(1) == data.labels[score]).mean())
+
+
+def test_niches_move_the_long_tails_features_and_nothing_else():
+    plain = generate(shape_of("ogbn-products", 0.01, niches=1, niche_spread=0.0), seed=2)
+    tail = generate(shape_of("ogbn-products", 0.01, niches=20, niche_spread=2.5), seed=2)
+    assert np.array_equal(plain.edges, tail.edges)
+    assert np.array_equal(plain.labels, tail.labels)
+    assert all(np.array_equal(plain.split[s], tail.split[s]) for s in plain.split)
+    assert np.allclose(tail.feat.std(0), 1.0, atol=0.15)  # still about unit variance
+    # Class means fitted on the popular training nodes read the long tail (test) worse
+    # once the tail spans niches the training nodes rarely reach; the training nodes
+    # themselves, mostly in the first niches, much less so.
+    drop = {s: _nearest_mean_accuracy(plain, "train", s) - _nearest_mean_accuracy(tail, "train", s)
+            for s in ("train", "test")}
+    assert drop["test"] > 0.1 and drop["test"] > drop["train"] + 0.05, drop  # 0.21, 0.10
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(DglkdError, match="like: unknown 'ogbn-mag'; allowed: ogbn-arxiv, ogbn-products"):
         shape_of("ogbn-mag")
@@ -89,6 +113,8 @@ def test_bad_options_are_one_line_errors():
         generate(shape_of("ogbn-arxiv", 0.01, split_by="time"))
     with pytest.raises(DglkdError, match="do not fit"):
         generate(shape_of("ogbn-arxiv", 0.01, num_edges=10**9))
+    with pytest.raises(DglkdError, match="niches=0, niche_spread=1.0; need niches >= 1"):
+        generate(shape_of("ogbn-arxiv", 0.01, niches=0, niche_spread=1.0))
 
 
 def test_written_dataset_loads_through_ogb_as_ogbn_arxiv(tmp_path):
