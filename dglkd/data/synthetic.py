@@ -66,17 +66,18 @@ and by GLNN; the other rows are the config's earlier students, docs/RESULTS.md):
 
 The GCN and the MLP land at the real dataset's levels (GCN 71-72, MLP 55-57; edge homophily
 0.643 against 0.655). A mini-batch GraphSAGE (``configs/ogbn_arxiv_sage_glnn.yaml``, seed 0)
-reaches 75.1, 3.6 points above the real one: the knobs were set with the GCN. The GLNN student's level is not calibrated: it follows from how well a
-student can fit each node's soft label. The features are class centres plus noise drawn
-independently in every dimension, so they hold nothing of the teacher's view beyond the
-class, and each node is a distinct point: a same-sized 3×256 MLP fits no node's soft label
-(it agrees with the teacher on 51.5% of the nodes, training, validation and test alike),
-a 3×1024 one with dropout 0.5 fits them slowly (39% of the gap after 200 epochs), and with
-dropout 0.2 it fits them all and matches the teacher, where GLNN's paper closes about half
-the gap on the real ogbn-arxiv, whose averaged word embeddings crowd near a
-lower-dimensional set. Mixing each node's features with its neighbours' mean (half and
-half, noise 8.0 to keep the MLP's level) did not change the 3×256 student (100 full-batch
-epochs: MLP 54.1, GCN 71.7, GLNN MLP 52.2) and was not kept.
+reaches 75.1, 3.6 points above the real one: the knobs were set with the GCN. The GLNN
+student's level is not calibrated: it follows from how well a student can fit each node's
+soft label. The features are class centres plus noise drawn independently in every
+dimension, so they hold nothing of the teacher's view beyond the class, and each node is a
+distinct point: a same-sized 3×256 MLP fits no node's soft label (it agrees with the teacher
+on 51.5% of the nodes, training, validation and test alike), a 3×1024 one with dropout 0.5
+fits them slowly (39% of the gap after 200 epochs), and with dropout 0.2 it fits them all
+and matches the teacher, where GLNN's paper closes about half the gap on the real
+ogbn-arxiv, whose averaged word embeddings crowd near a lower-dimensional set. Mixing each
+node's features with its neighbours' mean (half and half, noise 8.0 to keep the MLP's level)
+did not change the 3×256 student (100 full-batch epochs: MLP 54.1, GCN 71.7, GLNN MLP 52.2)
+and was not kept.
 
 ogbn-products: the features' ``niches`` model products' long tail (the real MLP alone
 scores about 75 on validation and 61 on test, the sales-rank split testing on products
@@ -105,13 +106,13 @@ the ``node_year`` file written with it only agrees with the split's meaning) and
 distribution shift it brings to the test papers; real features (arxiv's are averaged word
 embeddings of titles and abstracts, products' are bag-of-words reductions: here they are
 Gaussian clusters, with nothing of a node's neighbourhood beyond its class, which is why a
-same-sized GLNN student does not gain here, and independent in every dimension, which is
-why a wide one matches the teacher on arxiv's shape); directed citations (edges are undirected, and
-ogb adds the reverse edges as on the real arxiv); degree-degree correlation, triangles and
-community structure beyond one community per class; class imbalance beyond a Zipf law;
+same-sized GLNN student does not gain here, and independent in every dimension, which is why
+a wide one matches the teacher on arxiv's shape); directed citations (edges are undirected,
+and ogb adds the reverse edges as on the real arxiv); degree-degree correlation, triangles
+and community structure beyond one community per class; class imbalance beyond a Zipf law;
 products' SAGE teacher accuracy on the real long tail, which the activity split only
-approximates, and how the long tail's features really differ from the popular products'
-(the niches are one guess at it: Gaussian offsets shared within a class group, reached by
+approximates, and how the long tail's features really differ from the popular products' (the
+niches are one guess at it: Gaussian offsets shared within a class group, reached by
 activity rank).
 
 The arxiv-shaped dataset is written in OGB's own layout (:func:`write_ogb_like`, or
